@@ -1,0 +1,5 @@
+import sys
+
+from kanal.cli import main
+
+sys.exit(main())
