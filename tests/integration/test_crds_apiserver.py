@@ -104,7 +104,7 @@ def test_kubectl_get_shows_printer_columns(kube: Any) -> None:
     _set_ready(kube, "llmroutes", "chat", "RouteServing")
 
     out = kube.kubectl("get", "lr,mb").stdout
-    lines = [line.split() for line in out.strip().splitlines()]
+    lines = [line.split() for line in out.strip().splitlines() if line.strip()]
     headers = [line for line in lines if line[0] == "NAME"]
     assert headers[0] == ["NAME", "MODEL", "READY", "REASON", "AGE"]
     assert headers[1] == ["NAME", "PROVIDER", "URL", "READY", "REASON", "AGE"]
@@ -123,12 +123,12 @@ def test_kubectl_get_shows_printer_columns(kube: Any) -> None:
 
 
 def test_kubectl_explain_shows_field_docs(kube: Any) -> None:
-    out = kube.kubectl("explain", "llmroute.spec.context").stdout
-    assert "Conversation memory: callers send X-Session-Id" in out
+    out = " ".join(kube.kubectl("explain", "llmroute.spec.context").stdout.split())
+    assert "Conversation memory keyed by X-Session-Id" in out
     for field in ("maxTokens", "strategy", "summarizer", "ttl", "enabled"):
         assert field in out
     assert "window keeps the newest turns that fit" in out
-    scale = kube.kubectl("explain", "mb.spec.serving.scale.min").stdout
+    scale = " ".join(kube.kubectl("explain", "mb.spec.serving.scale.min").stdout.split())
     assert "0 scales to zero" in scale
 
 

@@ -48,6 +48,12 @@ def test_every_field_is_documented_and_typed(kind: Any) -> None:
     assert undocumented == []
     untyped = [p for p, n in nodes if "type" not in n and not n.get("x-kubernetes-int-or-string")]
     assert untyped == []
+    for path, node in nodes:
+        for bound in ("minimum", "maximum"):
+            if bound in node:
+                assert type(node[bound]) in (int, float), f"{path}.{bound} = {node[bound]!r}"
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(flag, True) is True, f"{path}.{flag} must be a boolean"
     # structural: no JSON-Schema-only keywords survive
     text = yaml.safe_dump(schema)
     for keyword in ("$ref", "$defs", "title:", "const:", "- type: 'null'"):

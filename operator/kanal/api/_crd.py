@@ -64,12 +64,12 @@ def _rewrite(node: Mapping[str, Any], defs: Mapping[str, Any]) -> dict[str, Any]
         del node["default"]
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if "exclusiveMinimum" in node:  # JSON Schema 2020 number -> OpenAPI v3.0 boolean
-        node["minimum"] = node.pop("exclusiveMinimum")
-        node["exclusiveMinimum"] = True
-    if "exclusiveMaximum" in node:
-        node["maximum"] = node.pop("exclusiveMaximum")
-        node["exclusiveMaximum"] = True
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = node.get(bound)
+        if value is not None and not isinstance(value, bool):
+            # JSON Schema 2020 gives the number; OpenAPI v3.0 wants the limit plus a boolean
+            node[limit] = value
+            node[bound] = True
 
     out: dict[str, Any] = {}
     for key in ("description", "type"):
