@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from api_cases import CASES, BadCase, hosted_backend, route, served_backend
 
+from api_cases import CASES, BadCase, hosted_backend, route, served_backend
 from kanal.api import KINDS, LlmRoute, ModelBackend
 
 ROOT = Path(__file__).parents[2]
