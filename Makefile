@@ -34,6 +34,7 @@ lint: install
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tests/harness
 
 ## crds: regenerate crds/ from the API models
 crds: install
