@@ -1,0 +1,28 @@
+"""The Kubernetes-free routing snapshot and the compiler that builds it from API objects."""
+
+from kanal.snapshot._compile import compile_snapshot, hash_api_key
+from kanal.snapshot._model import (
+    ApiKey,
+    BackendConfig,
+    ModelInfo,
+    Problem,
+    RetryPolicy,
+    RouteConfig,
+    Snapshot,
+    Target,
+    Tier,
+)
+
+__all__ = [
+    "ApiKey",
+    "BackendConfig",
+    "ModelInfo",
+    "Problem",
+    "RetryPolicy",
+    "RouteConfig",
+    "Snapshot",
+    "Target",
+    "Tier",
+    "compile_snapshot",
+    "hash_api_key",
+]
