@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml
 ## install: a virtualenv in .venv with kanal and what its tests need
 install: $(VENV)/.installed
 
-## up: install, then run kanal locally on the examples (no cluster)
+## up: install, then run kanal locally on the quickstart (no cluster); with OPENAI_API_KEY set, OpenAI too
 up: install
-	$(BIN)/kanal up -f examples
+	$(BIN)/kanal up -f examples/quickstart \
+	  $${OPENAI_API_KEY:+-f examples/quickstart-openai --secret openai-key:apiKey=OPENAI_API_KEY}
 
 ## tools: redis-server (Debian), kube-apiserver/etcd/kube-controller-manager and helm (Go modules, cached)
 tools: redis-server

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,6 @@ from kanal import manifests
 from kanal.api import KINDS
 
 NOT_BUILT = {
-    "up": "runs the compiler and the gateway locally; it arrives with the data plane (issue 3)",
     "gateway": "runs the gateway data plane; it arrives with issue 3",
     "operator": "runs the Kubernetes operator; it arrives with issue 5",
 }
@@ -62,6 +63,36 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from kanal import local
+    from kanal.gateway.settings import GatewaySettings
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.redis:
+        logging.getLogger("kanal.up").warning(
+            "--redis %s: accepted; context, limits and budgets that use it are not built yet",
+            _redact_url(args.redis),
+        )
+    try:
+        secrets = [local.env_secret(spec, os.environ) for spec in args.secret or []]
+    except ValueError as err:
+        print(f"kanal up: {err}", file=sys.stderr)
+        return 2
+    settings = GatewaySettings(host=args.host, port=args.port, grpc_port=args.grpc_port)
+    return local.run(args.filename, settings, secrets)
+
+
+def _redact_url(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
 def _not_built(command: str) -> int:
     print(f"kanal {command}: not built yet: {NOT_BUILT[command]}.", file=sys.stderr)
     return 2
@@ -89,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="a manifest file or folder (repeatable)",
     )
     validate.set_defaults(run=_cmd_validate)
+
+    up = sub.add_parser("up", help="run the gateway locally on manifest files (no cluster)")
+    up.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="a manifest file or folder (repeatable); edits are picked up while running",
+    )
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    up.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
+    up.add_argument("--redis", metavar="URL", help="Redis for context and limits (else memory)")
+    up.add_argument(
+        "--secret",
+        action="append",
+        metavar="NAME:KEY=ENVVAR",
+        help="a Secret (namespace default) whose KEY is read from $ENVVAR, e.g. "
+        "openai-key:apiKey=OPENAI_API_KEY; keeps keys out of files (repeatable)",
+    )
+    up.add_argument("-v", "--verbose", action="store_true", help="log more")
+    up.set_defaults(run=_cmd_up)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(run=_cmd_version)

@@ -1,0 +1,219 @@
+"""OpenAI-compatible HTTP on aiohttp: a thin translation onto :class:`Gateway`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kanal.gateway.errors import GatewayError, from_upstream
+from kanal.gateway.providers.base import UpstreamError
+from kanal.gateway.router import Trace
+from kanal.gateway.service import Caller, Gateway, Operation
+
+log = logging.getLogger("kanal.gateway.http")
+Json = dict[str, Any]
+
+GATEWAY = web.AppKey("gateway", Gateway)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_DONE = b"data: [DONE]\n\n"
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return "req_" + os.urandom(12).hex()
+
+
+def _error_response(err: GatewayError, request_id: str) -> web.Response:
+    return web.Response(
+        body=err.json_bytes(),
+        status=err.status,
+        content_type="application/json",
+        headers={"x-request-id": request_id, **err.headers()},
+    )
+
+
+async def _read_json(request: web.Request) -> Json:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise GatewayError(
+            413,
+            f"request body is larger than the gateway accepts ({exc.text or 'too large'})",
+            code="request_too_large",
+        ) from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(
+            400, f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _sse(chunk: Json) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _overhead_ms(started: float, trace: Trace) -> str:
+    return f"{max(0.0, (time.perf_counter() - started - trace.upstream_seconds) * 1000):.3f}"
+
+
+class Handlers:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def _caller(self, request: web.Request) -> Caller:
+        return self.gateway.authenticate(request.headers.get("Authorization"))
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._invoke(request, Operation.CHAT)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._invoke(request, Operation.COMPLETION)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._invoke(request, Operation.EMBEDDINGS)
+
+    async def _invoke(self, request: web.Request, op: Operation) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        trace = Trace()
+        try:
+            caller = self._caller(request)
+            body = await _read_json(request)
+            route = self.gateway.prepare(op, caller, body)
+            if body.get("stream"):
+                return await self._stream(request, op, route, body, trace, started, request_id)
+            result = await self.gateway.call(op, route, body, trace)
+        except GatewayError as err:
+            return _error_response(err, request_id)
+        return web.Response(
+            body=orjson.dumps(result),
+            content_type="application/json",
+            headers={
+                "x-request-id": request_id,
+                "x-kanal-overhead-ms": _overhead_ms(started, trace),
+                "x-kanal-backend": trace.backend,
+                "x-kanal-attempts": str(trace.attempts),
+            },
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        op: Operation,
+        route: Any,
+        body: Json,
+        trace: Trace,
+        started: float,
+        request_id: str,
+    ) -> web.StreamResponse:
+        options = body.get("stream_options") or {}
+        wants_usage = bool(options.get("include_usage"))
+        chunks = await self.gateway.open_stream(op, route, body, trace)  # errors -> JSON reply
+        response = web.StreamResponse(
+            headers={
+                **_SSE_HEADERS,
+                "x-request-id": request_id,
+                "x-kanal-overhead-ms": _overhead_ms(started, trace),
+                "x-kanal-backend": trace.backend,
+                "x-kanal-attempts": str(trace.attempts),
+            }
+        )
+        try:
+            await response.prepare(request)
+            await self._relay(response, chunks, wants_usage, route.model)
+        except (ConnectionResetError, OSError):
+            log.info("client went away mid-stream (request %s)", request_id)
+        finally:
+            await _aclose(chunks)
+        return response
+
+    async def _relay(
+        self,
+        response: web.StreamResponse,
+        chunks: AsyncIterator[Json],
+        wants_usage: bool,
+        model: str,
+    ) -> None:
+        try:
+            async for chunk in chunks:
+                if not chunk.get("choices") and "usage" in chunk and not wants_usage:
+                    continue  # we asked the provider for usage; the caller did not
+                await response.write(_sse(chunk))
+        except UpstreamError as err:
+            # after the first byte a failure is reported in-stream, never by switching backends
+            await response.write(_sse(from_upstream(err, model=model).body()))
+            return
+        await response.write(_DONE)
+
+    async def models(self, request: web.Request) -> web.Response:
+        request_id = _request_id(request)
+        try:
+            caller = self._caller(request)
+        except GatewayError as err:
+            return _error_response(err, request_id)
+        data = [_model_entry(r.model, r.namespace) for r in self.gateway.models(caller)]
+        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+
+    async def model(self, request: web.Request) -> web.Response:
+        request_id = _request_id(request)
+        try:
+            caller = self._caller(request)
+            route = self.gateway.resolve(caller, request.match_info["model"])
+        except GatewayError as err:
+            return _error_response(err, request_id)
+        return web.json_response(_model_entry(route.model, route.namespace), dumps=_dumps)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.gateway.runtime.ready:
+            return web.Response(status=503, text="no routing snapshot loaded yet")
+        return web.Response(text=f"ok {self.gateway.runtime.snapshot.version}")
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        err = GatewayError(404, f"unknown path {request.method} {request.path}", code="unknown_url")
+        return _error_response(err, _request_id(request))
+
+
+def _model_entry(model: str, namespace: str) -> Json:
+    return {"id": model, "object": "model", "created": 0, "owned_by": namespace}
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _aclose(chunks: AsyncIterator[Json]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=gateway.runtime.settings.max_body_bytes)
+    app[GATEWAY] = gateway
+    handlers = Handlers(gateway)
+    app.router.add_post("/v1/chat/completions", handlers.chat)
+    app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post("/v1/embeddings", handlers.embeddings)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/v1/models/{model:.+}", handlers.model)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_route("*", "/{tail:.*}", handlers.not_found)
+    return app

@@ -1,0 +1,60 @@
+"""Runs the gateway's HTTP (and, when available, gRPC) servers in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from kanal.gateway.http import create_app
+from kanal.gateway.runtime import Runtime
+from kanal.gateway.service import Gateway
+from kanal.gateway.settings import GatewaySettings
+
+log = logging.getLogger("kanal.gateway")
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    http_port: int
+    grpc_port: int | None
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway]:
+    """Starts the servers (port 0 picks a free port) and stops them on exit."""
+    runtime = Runtime(settings)
+    gateway = Gateway(runtime)
+    app = create_app(gateway)
+    # handler_cancellation: a caller that disconnects cancels its upstream call
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    http_port = _bound_port(site)
+    grpc_server = None
+    grpc_port: int | None = None
+    try:
+        from kanal.gateway.grpc_service import start_grpc
+
+        grpc_server, grpc_port = await start_grpc(gateway, settings.host, settings.grpc_port)
+    except ImportError:
+        log.debug("gRPC service not available")
+    try:
+        yield RunningGateway(gateway, http_port, grpc_port)
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=1.0)
+        await runner.cleanup()
+        await runtime.close()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here
+    assert isinstance(server, asyncio.base_events.Server)
+    return int(server.sockets[0].getsockname()[1])

@@ -1,0 +1,147 @@
+"""``kanal up``: the compiler and the gateway in one process, from manifest files.
+
+No cluster: the files are the very manifests one would ``kubectl apply``. Edits are picked
+up while running; a file that stops validating leaves the last good routes serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from kanal import manifests
+from kanal.api import Secret
+from kanal.gateway.server import running_gateway
+from kanal.gateway.settings import GatewaySettings
+from kanal.snapshot import Snapshot, compile_snapshot
+
+log = logging.getLogger("kanal.up")
+ANONYMOUS_TENANT = "default"
+
+
+def env_secret(spec: str, environ: Mapping[str, str]) -> Secret:
+    """``NAME:KEY=ENVVAR`` -> a Secret ``NAME`` (namespace default) whose KEY is $ENVVAR.
+
+    Lets a key reach ``kanal up`` without being written to any file."""
+    target, sep, variable = spec.partition("=")
+    name, colon, key = target.partition(":")
+    if not (sep and colon and name and key and variable):
+        raise ValueError(f"--secret {spec!r}: expected NAME:KEY=ENVVAR")
+    value = environ.get(variable)
+    if not value:
+        raise ValueError(f"--secret {name}:{key}: environment variable {variable} is not set")
+    return Secret.model_validate(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "stringData": {key: value},
+        }
+    )
+
+
+def build_snapshot(
+    paths: Sequence[str | Path], extra_secrets: Sequence[Secret] = ()
+) -> tuple[Snapshot | None, list[str]]:
+    """Snapshot from files, plus what is wrong with them; None when a file is invalid."""
+    loaded = manifests.load(paths)
+    errors = [str(e) for e in loaded.errors]
+    if not loaded.files:
+        errors.append(f"no manifest files found in {', '.join(map(str, paths))}")
+    if errors:
+        return None, errors
+    snapshot = compile_snapshot(loaded.backends, loaded.routes, [*loaded.secrets, *extra_secrets])
+    return snapshot, [f"{p.kind} {p.id}: {p.reason}: {p.message}" for p in snapshot.problems]
+
+
+def _fingerprint(paths: Sequence[str | Path]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for path in manifests.expand(paths):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
+async def serve(
+    paths: Sequence[str | Path],
+    settings: GatewaySettings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    poll_seconds: float = 1.0,
+    extra_secrets: Sequence[Secret] = (),
+) -> int:
+    snapshot, problems = build_snapshot(paths, extra_secrets)
+    for problem in problems:
+        log.error("%s", problem)
+    if snapshot is None:
+        return 1
+    # callers without a key are admitted only while the files hold no API key Secret
+    settings = replace(settings, anonymous_tenant=ANONYMOUS_TENANT)
+    if not snapshot.api_keys:
+        log.warning(
+            "no API key Secrets in the files: every caller is admitted as tenant %r",
+            ANONYMOUS_TENANT,
+        )
+    stop = stop or asyncio.Event()
+    async with running_gateway(settings) as running:
+        await running.gateway.runtime.apply(snapshot)
+        routes = ", ".join(sorted(r.model for r in snapshot.routes.values())) or "none"
+        log.warning(
+            "kanal up: HTTP on http://%s:%d/v1, gRPC on %s:%s; snapshot %s; models: %s",
+            settings.host,
+            running.http_port,
+            settings.host,
+            running.grpc_port,
+            snapshot.version,
+            routes,
+        )
+        if ready is not None:
+            ready.set()
+        seen = _fingerprint(paths)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll_seconds)
+            now = _fingerprint(paths)
+            if now == seen:
+                continue
+            seen = now
+            fresh, problems = build_snapshot(paths, extra_secrets)
+            for problem in problems:
+                log.error("%s", problem)
+            if fresh is None:
+                log.error(
+                    "keeping snapshot %s: fix the files above",
+                    running.gateway.runtime.snapshot.version,
+                )
+                continue
+            await running.gateway.runtime.apply(fresh)
+            log.warning("applied snapshot %s", fresh.version)
+    return 0
+
+
+def run(
+    paths: Sequence[str | Path], settings: GatewaySettings, extra_secrets: Sequence[Secret] = ()
+) -> int:
+    """Blocking entry point for the CLI; Ctrl-C stops cleanly."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await serve(paths, settings, stop=stop, extra_secrets=extra_secrets)
+
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency, but not on every OS
+        return asyncio.run(main())
+    return uvloop.run(main())
