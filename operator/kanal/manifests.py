@@ -69,12 +69,13 @@ class Manifests:
 
 
 def expand(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and manifest files under folders (recursively, sorted)."""
+    """Files named directly, and the manifest files in folders (sorted; like ``kubectl
+    apply -f DIR``, sub-folders are not read)."""
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
             yield from sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES
+                p for p in path.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES
             )
         else:
             yield path
