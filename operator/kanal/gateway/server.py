@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -55,6 +54,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGat
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here
-    assert isinstance(server, asyncio.base_events.Server)
-    return int(server.sockets[0].getsockname()[1])
+    server = site._server  # aiohttp keeps the (asyncio or uvloop) server here
+    sockets = getattr(server, "sockets", None)
+    if not sockets:
+        raise RuntimeError("HTTP server has no listening socket")
+    return int(sockets[0].getsockname()[1])
