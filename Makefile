@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test test-unit lint crds tools redis-server clean
+.PHONY: install up test test-unit lint crds proto tools redis-server clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: install
 ## crds: regenerate crds/ from the API models
 crds: install
 	$(BIN)/kanal crds -o crds
+
+## proto: regenerate the gRPC stubs in operator/kanal/v1 (a test fails if they drift)
+proto: install
+	$(BIN)/python hack/gen_proto.py
 
 ## test-unit: the fast tests only
 test-unit: install

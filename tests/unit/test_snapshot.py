@@ -17,7 +17,8 @@ spec:
   provider: openai
   endpoint: https://api.openai.com/v1/
   credentials: {secretRef: {name: openai-key, key: apiKey}}
-  models: [{name: gpt-4o-mini, contextWindow: 128000, pricing: {inputPerMTok: 0.15, outputPerMTok: 0.6}}]
+  models:
+    - {name: gpt-4o-mini, contextWindow: 128000, pricing: {inputPerMTok: 0.15, outputPerMTok: 0.6}}
   timeouts: {connect: 2s, request: 90s}
 ---
 apiVersion: v1

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kanal.gateway.grpc_service import start_grpc
 from kanal.gateway.http import create_app
 from kanal.gateway.runtime import Runtime
 from kanal.gateway.service import Gateway
@@ -21,7 +22,7 @@ log = logging.getLogger("kanal.gateway")
 class RunningGateway:
     gateway: Gateway
     http_port: int
-    grpc_port: int | None
+    grpc_port: int
 
 
 @contextlib.asynccontextmanager
@@ -36,19 +37,16 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGat
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
     http_port = _bound_port(site)
-    grpc_server = None
-    grpc_port: int | None = None
     try:
-        from kanal.gateway.grpc_service import start_grpc
-
         grpc_server, grpc_port = await start_grpc(gateway, settings.host, settings.grpc_port)
-    except ImportError:
-        log.debug("gRPC service not available")
+    except BaseException:
+        await runner.cleanup()
+        await runtime.close()
+        raise
     try:
         yield RunningGateway(gateway, http_port, grpc_port)
     finally:
-        if grpc_server is not None:
-            await grpc_server.stop(grace=1.0)
+        await grpc_server.stop(grace=1.0)
         await runner.cleanup()
         await runtime.close()
 
