@@ -77,9 +77,11 @@ class Client:
 async def serve(
     yaml_text: str, check: Callable[[Client], Awaitable[None]], settings: GatewaySettings
 ) -> None:
-    async with gateway_with(snapshot_from_yaml(yaml_text), settings) as running:
-        async with aiohttp.ClientSession() as session:
-            await check(Client(session, f"http://127.0.0.1:{running.http_port}"))
+    async with (
+        gateway_with(snapshot_from_yaml(yaml_text), settings) as running,
+        aiohttp.ClientSession() as session,
+    ):
+        await check(Client(session, f"http://127.0.0.1:{running.http_port}"))
 
 
 def run(coro: Awaitable[None], timeout: float = 60) -> None:
