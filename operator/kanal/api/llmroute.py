@@ -37,7 +37,8 @@ class Retry(KanalModel):
     """Retries and fallback on upstream failures."""
 
     attempts: int = Field(default=2, ge=0, le=10)
-    """Extra attempts after the first one, across backends and tiers."""
+    """Extra attempts after the first one within a priority tier; when a tier is used up
+    (or all its backends are cooling down) the next tier is tried."""
     backoff: Duration = "200ms"
     """Base delay before a retry; grows exponentially, with jitter."""
     on: list[RetryOn] = Field(
