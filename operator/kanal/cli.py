@@ -73,15 +73,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
     )
     if args.redis:
         logging.getLogger("kanal.up").warning(
-            "--redis %s: accepted; context, limits and budgets that use it are not built yet",
-            _redact_url(args.redis),
+            "state (limits, budgets, sessions, cache) in Redis at %s", _redact_url(args.redis)
         )
     try:
         secrets = [local.env_secret(spec, os.environ) for spec in args.secret or []]
     except ValueError as err:
         print(f"kanal up: {err}", file=sys.stderr)
         return 2
-    settings = GatewaySettings(host=args.host, port=args.port, grpc_port=args.grpc_port)
+    settings = GatewaySettings(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        redis_url=args.redis,
+        redis_fail_open=args.redis_fail_open,
+    )
     return local.run(args.filename, settings, secrets)
 
 
@@ -132,7 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     up.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
-    up.add_argument("--redis", metavar="URL", help="Redis for context and limits (else memory)")
+    up.add_argument(
+        "--redis", metavar="URL", help="Redis for limits, budgets, sessions and cache (else memory)"
+    )
+    up.add_argument(
+        "--redis-fail-open",
+        action="store_true",
+        help="when Redis is unreachable, admit requests without limit and budget checks "
+        "(default: refuse them with 503)",
+    )
     up.add_argument(
         "--secret",
         action="append",

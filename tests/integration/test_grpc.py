@@ -457,17 +457,18 @@ class FakeCore:
         self.runtime = SimpleNamespace(settings=GatewaySettings())
         self.stream = stream
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    async def authenticate(self, authorization: str | None) -> Caller:
         return Caller("default")
 
-    def prepare(self, op: Any, caller: Caller, body: dict[str, Any]) -> Any:
-        return SimpleNamespace(model=body["model"], namespace="default")
+    def prepare(self, op: Any, caller: Caller, body: dict[str, Any], **_: Any) -> Any:
+        route = SimpleNamespace(model=body["model"], namespace="default")
+        return SimpleNamespace(route=route, headers={}, body=body)
 
-    async def open_stream(self, op: Any, route: Any, body: Any, trace: Any) -> Any:
+    async def open_stream(self, call: Any, trace: Any) -> Any:
         trace.backend = "default/fake"
         return self.stream
 
-    async def call(self, op: Any, route: Any, body: Any, trace: Any) -> dict[str, Any]:
+    async def call(self, call: Any, trace: Any) -> dict[str, Any]:
         raise RuntimeError("database password is hunter2")
 
 

@@ -6,8 +6,9 @@ typed messages of ``proto/kanal/v1/gateway.proto``. The dicts are built field by
 (no descriptor reflection or json_format on the hot path).
 
 Call metadata: ``authorization`` ("Bearer <key>"), ``x-request-id`` (echoed, generated when
-absent) and ``x-session-id`` (accepted and carried; conversation context does not use it
-yet). Successful calls answer with initial metadata ``x-request-id`` and ``x-kanal-backend``.
+absent) and ``x-session-id`` (the conversation, for routes with context). Successful calls
+answer with initial metadata ``x-request-id``, ``x-kanal-backend`` and the policies' headers
+(``x-ratelimit-*``, ``x-kanal-cache``, ...).
 Errors end the call with the status mapped from the HTTP status (:func:`status_code`), the
 HTTP error message as details, and trailing metadata ``x-request-id``, ``x-kanal-error-type``,
 ``x-kanal-error-code``, ``x-kanal-error-param`` and ``retry-after`` where they apply.
@@ -28,7 +29,7 @@ from google.protobuf import struct_pb2
 from kanal.gateway.errors import GatewayError, bad_request, from_upstream
 from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
-from kanal.gateway.service import Gateway, Operation
+from kanal.gateway.service import Call, Caller, Gateway, Operation
 from kanal.v1 import gateway_pb2 as pb
 from kanal.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -73,7 +74,7 @@ class CallInfo:
     request_id: str
     authorization: str | None
     session_id: str | None
-    """``x-session-id``: carried for conversation context, which does not use it yet."""
+    """``x-session-id``: the conversation this call belongs to (routes with context)."""
 
 
 def call_info(metadata: Iterable[tuple[str, str | bytes]] | None) -> CallInfo:
@@ -115,8 +116,13 @@ def _internal_error() -> GatewayError:
     return GatewayError(500, "internal error in the gateway", code="internal_error")
 
 
-def _answer_metadata(request_id: str, trace: Trace) -> Metadata:
-    return (("x-request-id", request_id), ("x-kanal-backend", trace.backend))
+def _answer_metadata(request_id: str, trace: Trace, prepared: Call | None = None) -> Metadata:
+    extra = tuple(prepared.headers.items()) if prepared is not None else ()
+    return (
+        *((k.lower(), v) for k, v in extra),
+        ("x-request-id", request_id),
+        ("x-kanal-backend", trace.backend),
+    )
 
 
 # -- proto -> OpenAI request dicts ------------------------------------------------------
@@ -315,6 +321,18 @@ class GatewayService(pb_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    def _prepare(self, op: Operation, caller: Caller, body: Json, info: CallInfo) -> Call:
+        if info.session_id is not None and not _REQUEST_ID.match(info.session_id):
+            raise GatewayError(
+                400,
+                "x-session-id must be 1-128 characters of letters, digits and ._:-",
+                code="invalid_session_id",
+                param="x-session-id",
+            )
+        return self.gateway.prepare(
+            op, caller, body, request_id=info.request_id, session_id=info.session_id
+        )
+
     async def Chat(
         self,
         request: pb.ChatRequest,
@@ -323,16 +341,16 @@ class GatewayService(pb_grpc.GatewayServicer):
         call = call_info(context.invocation_metadata())
         trace = Trace()
         try:
-            caller = self.gateway.authenticate(call.authorization)
+            caller = await self.gateway.authenticate(call.authorization)
             body = chat_body(request, stream=False)
-            route = self.gateway.prepare(Operation.CHAT, caller, body)
-            response = chat_response(await self.gateway.call(Operation.CHAT, route, body, trace))
+            prepared = self._prepare(Operation.CHAT, caller, body, call)
+            response = chat_response(await self.gateway.call(prepared, trace))
         except GatewayError as err:
             await _abort(context, err, call.request_id)
         except Exception:
             log.exception("Chat failed (request %s)", call.request_id)
             await _abort(context, _internal_error(), call.request_id)
-        await context.send_initial_metadata(_answer_metadata(call.request_id, trace))
+        await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
         return response
 
     async def ChatStream(
@@ -343,10 +361,10 @@ class GatewayService(pb_grpc.GatewayServicer):
         call = call_info(context.invocation_metadata())
         trace = Trace()
         try:
-            caller = self.gateway.authenticate(call.authorization)
+            caller = await self.gateway.authenticate(call.authorization)
             body = chat_body(request, stream=True)
-            route = self.gateway.prepare(Operation.CHAT, caller, body)
-            chunks = await self.gateway.open_stream(Operation.CHAT, route, body, trace)
+            prepared = self._prepare(Operation.CHAT, caller, body, call)
+            chunks = await self.gateway.open_stream(prepared, trace)
         except GatewayError as err:
             await _abort(context, err, call.request_id)
         except Exception:
@@ -356,14 +374,14 @@ class GatewayService(pb_grpc.GatewayServicer):
         # context.write (not an async generator): a cancelled call raises CancelledError right
         # here, and the finally below closes the upstream stream at once
         try:
-            await context.send_initial_metadata(_answer_metadata(call.request_id, trace))
+            await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
             async for chunk in chunks:
                 if not wants_usage and not chunk.get("choices") and "usage" in chunk:
                     continue  # we asked the provider for usage; the caller did not
                 await context.write(chat_chunk(chunk))
         except UpstreamError as err:
             # after the first chunk a failure ends the stream, never switches backends
-            await _abort(context, from_upstream(err, model=route.model), call.request_id)
+            await _abort(context, from_upstream(err, model=prepared.route.model), call.request_id)
         except Exception:
             log.exception("ChatStream failed mid-stream (request %s)", call.request_id)
             await _abort(context, _internal_error(), call.request_id)
@@ -378,17 +396,17 @@ class GatewayService(pb_grpc.GatewayServicer):
         call = call_info(context.invocation_metadata())
         trace = Trace()
         try:
-            caller = self.gateway.authenticate(call.authorization)
+            caller = await self.gateway.authenticate(call.authorization)
             body = embed_body(request)
-            route = self.gateway.prepare(Operation.EMBEDDINGS, caller, body)
-            result = await self.gateway.call(Operation.EMBEDDINGS, route, body, trace)
+            prepared = self._prepare(Operation.EMBEDDINGS, caller, body, call)
+            result = await self.gateway.call(prepared, trace)
             response = embed_response(result)
         except GatewayError as err:
             await _abort(context, err, call.request_id)
         except Exception:
             log.exception("Embed failed (request %s)", call.request_id)
             await _abort(context, _internal_error(), call.request_id)
-        await context.send_initial_metadata(_answer_metadata(call.request_id, trace))
+        await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
         return response
 
     async def ListModels(
@@ -398,7 +416,7 @@ class GatewayService(pb_grpc.GatewayServicer):
     ) -> pb.ListModelsResponse:
         call = call_info(context.invocation_metadata())
         try:
-            caller = self.gateway.authenticate(call.authorization)
+            caller = await self.gateway.authenticate(call.authorization)
         except GatewayError as err:
             await _abort(context, err, call.request_id)
         await context.send_initial_metadata((("x-request-id", call.request_id),))

@@ -15,13 +15,14 @@ from aiohttp import web
 from kanal.gateway.errors import GatewayError, from_upstream
 from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
-from kanal.gateway.service import Caller, Gateway, Operation
+from kanal.gateway.service import Call, Caller, Gateway, Operation
 
 log = logging.getLogger("kanal.gateway.http")
 Json = dict[str, Any]
 
 GATEWAY = web.AppKey("gateway", Gateway)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SESSION_ID = _REQUEST_ID
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
 
@@ -33,13 +34,34 @@ def _request_id(request: web.Request) -> str:
     return "req_" + os.urandom(12).hex()
 
 
-def _error_response(err: GatewayError, request_id: str) -> web.Response:
+def _error_response(err: GatewayError, request_id: str, call: Call | None = None) -> web.Response:
+    extra = call.headers if call is not None else {}
     return web.Response(
         body=err.json_bytes(),
         status=err.status,
         content_type="application/json",
-        headers={"x-request-id": request_id, **err.headers()},
+        headers={**extra, "x-request-id": request_id, **err.headers()},
     )
+
+
+def _session_id(request: web.Request) -> str | None:
+    value = request.headers.get("x-session-id")
+    if value is None:
+        return None
+    if not _SESSION_ID.match(value):
+        raise GatewayError(
+            400,
+            "X-Session-Id must be 1-128 characters of letters, digits and ._:-",
+            code="invalid_session_id",
+            param="X-Session-Id",
+        )
+    return value
+
+
+def _cache_bypass(request: web.Request) -> bool:
+    if request.headers.get("x-kanal-cache", "").lower() == "bypass":
+        return True
+    return "no-cache" in request.headers.get("cache-control", "").lower()
 
 
 async def _read_json(request: web.Request) -> Json:
@@ -74,8 +96,8 @@ class Handlers:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def _caller(self, request: web.Request) -> Caller:
-        return self.gateway.authenticate(request.headers.get("Authorization"))
+    async def _caller(self, request: web.Request) -> Caller:
+        return await self.gateway.authenticate(request.headers.get("Authorization"))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._invoke(request, Operation.CHAT)
@@ -90,19 +112,28 @@ class Handlers:
         started = time.perf_counter()
         request_id = _request_id(request)
         trace = Trace()
+        call: Call | None = None
         try:
-            caller = self._caller(request)
+            caller = await self._caller(request)
             body = await _read_json(request)
-            route = self.gateway.prepare(op, caller, body)
-            if body.get("stream"):
-                return await self._stream(request, op, route, body, trace, started, request_id)
-            result = await self.gateway.call(op, route, body, trace)
+            call = self.gateway.prepare(
+                op,
+                caller,
+                body,
+                request_id=request_id,
+                session_id=_session_id(request),
+                cache_bypass=_cache_bypass(request),
+            )
+            if call.stream:
+                return await self._stream(request, call, trace, started)
+            result = await self.gateway.call(call, trace)
         except GatewayError as err:
-            return _error_response(err, request_id)
+            return _error_response(err, request_id, call)
         return web.Response(
             body=orjson.dumps(result),
             content_type="application/json",
             headers={
+                **call.headers,
                 "x-request-id": request_id,
                 "x-kanal-overhead-ms": _overhead_ms(started, trace),
                 "x-kanal-backend": trace.backend,
@@ -111,22 +142,16 @@ class Handlers:
         )
 
     async def _stream(
-        self,
-        request: web.Request,
-        op: Operation,
-        route: Any,
-        body: Json,
-        trace: Trace,
-        started: float,
-        request_id: str,
+        self, request: web.Request, call: Call, trace: Trace, started: float
     ) -> web.StreamResponse:
-        options = body.get("stream_options") or {}
+        options = call.body.get("stream_options") or {}
         wants_usage = bool(options.get("include_usage"))
-        chunks = await self.gateway.open_stream(op, route, body, trace)  # errors -> JSON reply
+        chunks = await self.gateway.open_stream(call, trace)  # errors -> JSON reply
         response = web.StreamResponse(
             headers={
                 **_SSE_HEADERS,
-                "x-request-id": request_id,
+                **call.headers,
+                "x-request-id": call.request_id,
                 "x-kanal-overhead-ms": _overhead_ms(started, trace),
                 "x-kanal-backend": trace.backend,
                 "x-kanal-attempts": str(trace.attempts),
@@ -134,9 +159,9 @@ class Handlers:
         )
         try:
             await response.prepare(request)
-            await self._relay(response, chunks, wants_usage, route.model)
+            await self._relay(response, chunks, wants_usage, call.route.model)
         except (ConnectionResetError, OSError):
-            log.info("client went away mid-stream (request %s)", request_id)
+            log.info("client went away mid-stream (request %s)", call.request_id)
         finally:
             await _aclose(chunks)
         return response
@@ -162,7 +187,7 @@ class Handlers:
     async def models(self, request: web.Request) -> web.Response:
         request_id = _request_id(request)
         try:
-            caller = self._caller(request)
+            caller = await self._caller(request)
         except GatewayError as err:
             return _error_response(err, request_id)
         data = [_model_entry(r.model, r.namespace) for r in self.gateway.models(caller)]
@@ -171,11 +196,47 @@ class Handlers:
     async def model(self, request: web.Request) -> web.Response:
         request_id = _request_id(request)
         try:
-            caller = self._caller(request)
+            caller = await self._caller(request)
             route = self.gateway.resolve(caller, request.match_info["model"])
         except GatewayError as err:
             return _error_response(err, request_id)
         return web.json_response(_model_entry(route.model, route.namespace), dumps=_dumps)
+
+    async def session(self, request: web.Request) -> web.Response:
+        """GET /v1/sessions/{id}: the caller's own conversation, per route."""
+        request_id = _request_id(request)
+        try:
+            caller = await self._caller(request)
+            session_id = _path_session_id(request)
+            data = await self.gateway.context.read_session(caller, session_id)
+        except GatewayError as err:
+            return _error_response(err, request_id)
+        return web.json_response(data, dumps=_dumps, headers={"x-request-id": request_id})
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        """DELETE /v1/sessions/{id}: erase the caller's own conversation on every route."""
+        request_id = _request_id(request)
+        try:
+            caller = await self._caller(request)
+            session_id = _path_session_id(request)
+            erased = await self.gateway.context.delete_session(caller, session_id)
+        except GatewayError as err:
+            return _error_response(err, request_id)
+        return web.json_response(
+            {"id": session_id, "object": "session.deleted", "deleted": erased > 0},
+            dumps=_dumps,
+            headers={"x-request-id": request_id},
+        )
+
+    async def spend(self, request: web.Request) -> web.Response:
+        """GET /v1/spend: current spend of the caller's key, namespace and routes."""
+        request_id = _request_id(request)
+        try:
+            caller = await self._caller(request)
+            data = await self.gateway.budget.spend(caller)
+        except GatewayError as err:
+            return _error_response(err, request_id)
+        return web.json_response(data, dumps=_dumps, headers={"x-request-id": request_id})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -188,6 +249,17 @@ class Handlers:
     async def not_found(self, request: web.Request) -> web.Response:
         err = GatewayError(404, f"unknown path {request.method} {request.path}", code="unknown_url")
         return _error_response(err, _request_id(request))
+
+
+def _path_session_id(request: web.Request) -> str:
+    value = request.match_info["session_id"]
+    if not _SESSION_ID.match(value):
+        raise GatewayError(
+            400,
+            "session id must be 1-128 characters of letters, digits and ._:-",
+            code="invalid_session_id",
+        )
+    return value
 
 
 def _model_entry(model: str, namespace: str) -> Json:
@@ -213,6 +285,9 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/embeddings", handlers.embeddings)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/v1/models/{model:.+}", handlers.model)
+    app.router.add_get("/v1/sessions/{session_id}", handlers.session)
+    app.router.add_delete("/v1/sessions/{session_id}", handlers.delete_session)
+    app.router.add_get("/v1/spend", handlers.spend)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)

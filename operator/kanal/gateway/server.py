@@ -14,6 +14,7 @@ from kanal.gateway.http import create_app
 from kanal.gateway.runtime import Runtime
 from kanal.gateway.service import Gateway
 from kanal.gateway.settings import GatewaySettings
+from kanal.gateway.stores import Stores
 
 log = logging.getLogger("kanal.gateway")
 
@@ -29,7 +30,7 @@ class RunningGateway:
 async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway]:
     """Starts the servers (port 0 picks a free port) and stops them on exit."""
     runtime = Runtime(settings)
-    gateway = Gateway(runtime)
+    gateway = Gateway(runtime, stores=Stores.create(settings))
     app = create_app(gateway)
     # handler_cancellation: a caller that disconnects cancels its upstream call
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -41,6 +42,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGat
         grpc_server, grpc_port = await start_grpc(gateway, settings.host, settings.grpc_port)
     except BaseException:
         await runner.cleanup()
+        await gateway.close()
         await runtime.close()
         raise
     try:
@@ -48,6 +50,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGat
     finally:
         await grpc_server.stop(grace=1.0)
         await runner.cleanup()
+        await gateway.close()
         await runtime.close()
 
 

@@ -21,3 +21,26 @@ class GatewaySettings:
     max_connections_per_backend: int = 256
     anonymous_tenant: str | None = None
     """Tenant of callers without credentials; None refuses them with 401."""
+    redis_url: str | None = None
+    """Shared state for limits, budgets, sessions and cache; None keeps it in memory."""
+    redis_timeout: float = 1.0
+    """Seconds a Redis command may take before it counts as Redis being unreachable."""
+    redis_fail_open: bool = False
+    """When Redis is unreachable: admit requests without limit/budget checks (True) or
+    refuse them with 503 (False). Either way it is logged and counted, never silent."""
+    context_max_turns: int = 200
+    """Cap on stored messages per session (oldest dropped first)."""
+    context_max_bytes: int = 1024 * 1024
+    """Cap on stored bytes per session (oldest dropped first)."""
+    cache_max_bytes: int = 1024 * 1024
+    """Responses larger than this are not cached."""
+    kube_api_url: str | None = None
+    """Kubernetes API for TokenReview of ServiceAccount tokens; None disables them."""
+    kube_ca_file: str | None = None
+    kube_token_file: str | None = None
+    """The gateway's own credentials for TokenReview (a mounted ServiceAccount token)."""
+    kube_client_cert_file: str | None = None
+    kube_client_key_file: str | None = None
+    """Alternatively, client-certificate credentials (tests, out-of-cluster runs)."""
+    token_review_cache_seconds: float = 30.0
+    """How long a TokenReview verdict is reused for the same token."""

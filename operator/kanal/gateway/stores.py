@@ -1,0 +1,41 @@
+"""Where shared state lives: Redis when the gateway has a URL, else this process's memory.
+
+Every stateful feature (limits, budgets, sessions, cache) has one store interface with two
+implementations — in memory for ``kanal up`` and Redis for replicas — chosen by whether
+``stores.redis`` is set. One contract test suite runs against both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from kanal.gateway.settings import GatewaySettings
+
+log = logging.getLogger("kanal.gateway")
+
+
+@dataclass
+class Stores:
+    settings: GatewaySettings
+    redis: aioredis.Redis | None = None
+    """Shared client (bytes in, bytes out); None means in-memory state."""
+
+    @classmethod
+    def create(cls, settings: GatewaySettings) -> Stores:
+        client = None
+        if settings.redis_url:
+            client = aioredis.from_url(
+                settings.redis_url,
+                decode_responses=False,
+                socket_connect_timeout=settings.redis_timeout,
+                socket_timeout=settings.redis_timeout,
+                health_check_interval=30,
+            )
+        return cls(settings=settings, redis=client)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
