@@ -153,3 +153,29 @@ def test_secret_from_environment(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "KANAL_TEST_UNSET_VARIABLE is not set" in result.stderr
+
+
+def test_api_key_rotation_by_editing_the_secret(up: tuple[UpProcess, Path]) -> None:
+    running, folder = up
+    secret = folder / "key.yaml"
+    secret.write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: caller\n"
+        "  labels: {kanal.dev/api-key: 'true'}\nstringData: {key: sk-first}\n"
+    )
+    running.wait_for("applied snapshot")
+    first = openai.OpenAI(base_url=running.base_url, api_key="sk-first", max_retries=0)
+    assert [m.id for m in first.models.list()] == ["chat"]
+    with pytest.raises(openai.AuthenticationError):  # keys exist now: no more anonymous
+        openai.OpenAI(base_url=running.base_url, api_key="sk-other", max_retries=0).models.list()
+
+    before = running.log.read_text().count("applied snapshot")
+    secret.write_text(secret.read_text().replace("sk-first", "sk-second"))
+    deadline = time.monotonic() + 15
+    while running.log.read_text().count("applied snapshot") == before:
+        assert time.monotonic() < deadline, running.log.read_text()
+        time.sleep(0.05)
+    with pytest.raises(openai.AuthenticationError):
+        first.models.list()
+    second = openai.OpenAI(base_url=running.base_url, api_key="sk-second", max_retries=0)
+    assert [m.id for m in second.models.list()] == ["chat"]
+    assert "sk-first" not in running.log.read_text() and "sk-second" not in running.log.read_text()
