@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from gwkit import ThreadedGateway, snapshot_from_yaml, threaded_gateway
 
+from gwkit import ThreadedGateway, snapshot_from_yaml, threaded_gateway
 from kanal.v1 import gateway_pb2 as pb
 from kanal.v1 import gateway_pb2_grpc as pb_grpc
 
