@@ -54,6 +54,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if loaded.errors:
         print(f"{len(loaded.errors)} error(s); {loaded.summary()}", file=sys.stderr)
         return 1
+    # References across objects (a Secret or backend may well live outside these files,
+    # so these are warnings): what `kanal up` on exactly these files would leave out.
+    from kanal.snapshot import compile_snapshot
+
+    snapshot = compile_snapshot(loaded.backends, loaded.routes, loaded.secrets)
+    for problem in snapshot.problems:
+        print(
+            f"warning: {problem.kind} {problem.id}: {problem.reason}: {problem.message}",
+            file=sys.stderr,
+        )
     print(f"ok: {loaded.summary()}")
     return 0
 

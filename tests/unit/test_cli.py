@@ -81,3 +81,11 @@ def test_unbuilt_commands_say_so_and_fail() -> None:
         result = kanal_cli(command, "-f", "examples")
         assert result.returncode == 2
         assert "not built yet" in result.stderr
+
+
+def test_validate_warns_about_unresolved_references() -> None:
+    examples = Path(__file__).parents[2] / "examples"
+    result = kanal_cli("validate", "-f", str(examples))
+    assert result.returncode == 0
+    # the OpenAI key Secret is created with kubectl, not shipped in examples/
+    assert "warning: ModelBackend default/openai: SecretNotFound" in result.stderr
