@@ -6,7 +6,8 @@ typed messages of ``proto/kanal/v1/gateway.proto``. The dicts are built field by
 (no descriptor reflection or json_format on the hot path).
 
 Call metadata: ``authorization`` ("Bearer <key>"), ``x-request-id`` (echoed, generated when
-absent) and ``x-session-id`` (the conversation, for routes with context). Successful calls
+absent), ``x-session-id`` (the conversation, for routes with context) and ``x-kanal-cache:
+bypass``. Successful calls
 answer with initial metadata ``x-request-id``, ``x-kanal-backend`` and the policies' headers
 (``x-ratelimit-*``, ``x-kanal-cache``, ...).
 Errors end the call with the status mapped from the HTTP status (:func:`status_code`), the
@@ -75,10 +76,13 @@ class CallInfo:
     authorization: str | None
     session_id: str | None
     """``x-session-id``: the conversation this call belongs to (routes with context)."""
+    cache_bypass: bool = False
+    """``x-kanal-cache: bypass``: do not answer from the response cache."""
 
 
 def call_info(metadata: Iterable[tuple[str, str | bytes]] | None) -> CallInfo:
     authorization = request_id = session_id = None
+    cache_bypass = False
     for key, value in metadata or ():
         if isinstance(value, bytes):  # only ``-bin`` keys carry bytes; none of ours
             continue
@@ -88,9 +92,11 @@ def call_info(metadata: Iterable[tuple[str, str | bytes]] | None) -> CallInfo:
             request_id = value
         elif key == "x-session-id":
             session_id = value
+        elif key == "x-kanal-cache":
+            cache_bypass = value.lower() == "bypass"
     if not request_id or not _REQUEST_ID.match(request_id):
         request_id = "req_" + os.urandom(12).hex()
-    return CallInfo(request_id, authorization, session_id)
+    return CallInfo(request_id, authorization, session_id, cache_bypass)
 
 
 def error_metadata(err: GatewayError, request_id: str) -> Metadata:
@@ -330,7 +336,12 @@ class GatewayService(pb_grpc.GatewayServicer):
                 param="x-session-id",
             )
         return self.gateway.prepare(
-            op, caller, body, request_id=info.request_id, session_id=info.session_id
+            op,
+            caller,
+            body,
+            request_id=info.request_id,
+            session_id=info.session_id,
+            cache_bypass=info.cache_bypass,
         )
 
     async def Chat(

@@ -448,7 +448,7 @@ def replay_chunks(op: str, answer: Json) -> list[Json]:
                 "choices": [
                     {
                         "index": 0,
-                        "delta": {k: v for k, v in message.items() if k != "role"},
+                        "delta": _delta_of(message),
                         "finish_reason": None,
                     }
                 ],
@@ -479,6 +479,17 @@ def replay_chunks(op: str, answer: Json) -> list[Json]:
     if "usage" in answer:
         chunks.append({**base, "object": kind, "choices": [], "usage": answer["usage"]})
     return chunks
+
+
+def _delta_of(message: Json) -> Json:
+    """A whole message as one stream delta; streamed tool calls carry their index."""
+    delta = {k: v for k, v in message.items() if k != "role"}
+    if isinstance(delta.get("tool_calls"), list):
+        delta["tool_calls"] = [
+            {**call, "index": i} if isinstance(call, dict) else call
+            for i, call in enumerate(delta["tool_calls"])
+        ]
+    return delta
 
 
 async def _close(chunks: AsyncIterator[Json]) -> None:

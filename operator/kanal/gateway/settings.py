@@ -23,6 +23,8 @@ class GatewaySettings:
     """Tenant of callers without credentials; None refuses them with 401."""
     redis_url: str | None = None
     """Shared state for limits, budgets, sessions and cache; None keeps it in memory."""
+    redis_max_connections: int = 256
+    """Connections per gateway process; more concurrent commands wait for a free one."""
     redis_timeout: float = 1.0
     """Seconds a Redis command may take before it counts as Redis being unreachable."""
     redis_fail_open: bool = False

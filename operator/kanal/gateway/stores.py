@@ -27,13 +27,17 @@ class Stores:
     def create(cls, settings: GatewaySettings) -> Stores:
         client = None
         if settings.redis_url:
-            client = aioredis.from_url(
+            # A blocking pool: under a burst, commands wait (up to redis_timeout) for a
+            # connection instead of failing with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
-                decode_responses=False,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_timeout,
                 socket_connect_timeout=settings.redis_timeout,
                 socket_timeout=settings.redis_timeout,
                 health_check_interval=30,
             )
+            client = aioredis.Redis(connection_pool=pool, decode_responses=False)
         return cls(settings=settings, redis=client)
 
     async def close(self) -> None:
