@@ -99,9 +99,10 @@ def call_info(metadata: Iterable[tuple[str, str | bytes]] | None) -> CallInfo:
     return CallInfo(request_id, authorization, session_id, cache_bypass)
 
 
-def error_metadata(err: GatewayError, request_id: str) -> Metadata:
-    """Trailing metadata of a failed call."""
-    items = [("x-request-id", request_id), ("x-kanal-error-type", err.error_type)]
+def error_metadata(err: GatewayError, request_id: str, prepared: Call | None = None) -> Metadata:
+    """Trailing metadata of a failed call (with the policies' headers, e.g. x-ratelimit-*)."""
+    items = [(k.lower(), v) for k, v in (prepared.headers.items() if prepared else ())]
+    items += [("x-request-id", request_id), ("x-kanal-error-type", err.error_type)]
     if err.code:
         items.append(("x-kanal-error-code", err.code))
     if err.param:
@@ -112,9 +113,14 @@ def error_metadata(err: GatewayError, request_id: str) -> Metadata:
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], err: GatewayError, request_id: str
+    context: grpc.aio.ServicerContext[Any, Any],
+    err: GatewayError,
+    request_id: str,
+    prepared: Call | None = None,
 ) -> NoReturn:
-    await context.abort(status_code(err.status), err.message, error_metadata(err, request_id))
+    await context.abort(
+        status_code(err.status), err.message, error_metadata(err, request_id, prepared)
+    )
     raise AssertionError("ServicerContext.abort returned")  # it always raises
 
 
@@ -351,13 +357,14 @@ class GatewayService(pb_grpc.GatewayServicer):
     ) -> pb.ChatResponse:
         call = call_info(context.invocation_metadata())
         trace = Trace()
+        prepared: Call | None = None
         try:
             caller = await self.gateway.authenticate(call.authorization)
             body = chat_body(request, stream=False)
             prepared = self._prepare(Operation.CHAT, caller, body, call)
             response = chat_response(await self.gateway.call(prepared, trace))
         except GatewayError as err:
-            await _abort(context, err, call.request_id)
+            await _abort(context, err, call.request_id, prepared)
         except Exception:
             log.exception("Chat failed (request %s)", call.request_id)
             await _abort(context, _internal_error(), call.request_id)
@@ -371,13 +378,14 @@ class GatewayService(pb_grpc.GatewayServicer):
     ) -> None:
         call = call_info(context.invocation_metadata())
         trace = Trace()
+        prepared: Call | None = None
         try:
             caller = await self.gateway.authenticate(call.authorization)
             body = chat_body(request, stream=True)
             prepared = self._prepare(Operation.CHAT, caller, body, call)
             chunks = await self.gateway.open_stream(prepared, trace)
         except GatewayError as err:
-            await _abort(context, err, call.request_id)
+            await _abort(context, err, call.request_id, prepared)
         except Exception:
             log.exception("ChatStream failed (request %s)", call.request_id)
             await _abort(context, _internal_error(), call.request_id)
@@ -406,6 +414,7 @@ class GatewayService(pb_grpc.GatewayServicer):
     ) -> pb.EmbedResponse:
         call = call_info(context.invocation_metadata())
         trace = Trace()
+        prepared: Call | None = None
         try:
             caller = await self.gateway.authenticate(call.authorization)
             body = embed_body(request)
@@ -413,7 +422,7 @@ class GatewayService(pb_grpc.GatewayServicer):
             result = await self.gateway.call(prepared, trace)
             response = embed_response(result)
         except GatewayError as err:
-            await _abort(context, err, call.request_id)
+            await _abort(context, err, call.request_id, prepared)
         except Exception:
             log.exception("Embed failed (request %s)", call.request_id)
             await _abort(context, _internal_error(), call.request_id)
