@@ -186,3 +186,22 @@ spec:
 """
     snapshot = compile_text(tmp_path, text)
     assert snapshot.backends["ml/llama"].base_url == "http://llama.ml.svc.cluster.local/v1"
+
+
+def test_wire_round_trip_carries_credentials_and_checks_version(tmp_path: Path) -> None:
+    from kanal.snapshot import from_bytes, to_bytes
+
+    snapshot = compile_text(tmp_path, BASE)
+    raw = to_bytes(snapshot)
+    again = from_bytes(raw)
+    assert again.version == snapshot.version
+    key = again.backends["team-a/openai"].api_key
+    assert key is not None and key.get_secret_value() == "sk-upstream-secret"
+    tampered = raw.replace(b'"timeout":45.0', b'"timeout":46.0')
+    assert tampered != raw
+    with pytest.raises(ValueError, match="does not match"):
+        from_bytes(tampered)
+    with pytest.raises(ValueError, match="not JSON"):
+        from_bytes(b"{nope")
+    with pytest.raises(ValueError, match="schema"):
+        from_bytes(b'{"schema_version": 99}')

@@ -1,6 +1,13 @@
 """The Kubernetes-free routing snapshot and the compiler that builds it from API objects."""
 
 from kanal.snapshot._compile import compile_snapshot, hash_api_key
+from kanal.snapshot._wire import (
+    SNAPSHOT_KEY,
+    SNAPSHOT_SECRET,
+    VERSION_ANNOTATION,
+    from_bytes,
+    to_bytes,
+)
 from kanal.snapshot._model import (
     ApiKey,
     BackendConfig,
@@ -14,6 +21,11 @@ from kanal.snapshot._model import (
 )
 
 __all__ = [
+    "SNAPSHOT_KEY",
+    "SNAPSHOT_SECRET",
+    "VERSION_ANNOTATION",
+    "from_bytes",
+    "to_bytes",
     "ApiKey",
     "BackendConfig",
     "ModelInfo",
