@@ -1,13 +1,6 @@
 """The Kubernetes-free routing snapshot and the compiler that builds it from API objects."""
 
 from kanal.snapshot._compile import compile_snapshot, hash_api_key
-from kanal.snapshot._wire import (
-    SNAPSHOT_KEY,
-    SNAPSHOT_SECRET,
-    VERSION_ANNOTATION,
-    from_bytes,
-    to_bytes,
-)
 from kanal.snapshot._model import (
     ApiKey,
     BackendConfig,
@@ -19,13 +12,18 @@ from kanal.snapshot._model import (
     Target,
     Tier,
 )
+from kanal.snapshot._wire import (
+    SNAPSHOT_KEY,
+    SNAPSHOT_SECRET,
+    VERSION_ANNOTATION,
+    from_bytes,
+    to_bytes,
+)
 
 __all__ = [
     "SNAPSHOT_KEY",
     "SNAPSHOT_SECRET",
     "VERSION_ANNOTATION",
-    "from_bytes",
-    "to_bytes",
     "ApiKey",
     "BackendConfig",
     "ModelInfo",
@@ -36,5 +34,7 @@ __all__ = [
     "Target",
     "Tier",
     "compile_snapshot",
+    "from_bytes",
     "hash_api_key",
+    "to_bytes",
 ]
