@@ -358,11 +358,12 @@ class Gateway:
     ) -> AsyncIterator[Json]:
         outcome = Outcome(backend=trace.backend, model=trace.model)
         parts: list[str] = []
+        calls: dict[int, Json] = {}
         finished = False
         chunk = first
         try:
             while True:
-                finished = _collect(chunk, parts, outcome) or finished
+                finished = _collect(chunk, parts, outcome, calls if ran else None) or finished
                 yield chunk
                 try:
                     chunk = await anext(chunks)
@@ -380,6 +381,8 @@ class Gateway:
                 outcome.text = "".join(parts)
                 if outcome.usage is None:  # bill what was produced, even if cut short
                     outcome.usage = self._estimate(call, outcome.text)
+                if calls and call.op == "chat":  # the answer only exists whole as a message
+                    outcome.response = _streamed_tool_answer(first, outcome, calls)
                 await self._after(ran, call, outcome)
 
     async def _replay(self, answer: Json, call: Call, ran: list[Policy]) -> AsyncIterator[Json]:
@@ -399,8 +402,11 @@ class Gateway:
             await self._after(ran, call, outcome)
 
 
-def _collect(chunk: Json, parts: list[str], outcome: Outcome) -> bool:
-    """Accumulate text and usage from one chunk; True when it carries a finish_reason."""
+def _collect(
+    chunk: Json, parts: list[str], outcome: Outcome, calls: dict[int, Json] | None = None
+) -> bool:
+    """Accumulate text, usage and (when ``calls`` is given) tool-call deltas from one chunk;
+    True when it carries a finish_reason."""
     usage = chunk.get("usage")
     if isinstance(usage, dict):
         outcome.usage = Usage(
@@ -412,10 +418,61 @@ def _collect(chunk: Json, parts: list[str], outcome: Outcome) -> bool:
         piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if isinstance(piece, str):
             parts.append(piece)
+        if calls is not None and isinstance(delta, dict) and delta.get("tool_calls"):
+            _merge_tool_calls(calls, delta["tool_calls"])
         if choice.get("finish_reason"):
             outcome.finish_reason = choice["finish_reason"]
             finished = True
     return finished
+
+
+def _merge_tool_calls(calls: dict[int, Json], deltas: Any) -> None:
+    """Stream deltas of tool calls -> whole calls (ids and names once, arguments appended)."""
+    for position, delta in enumerate(deltas if isinstance(deltas, list) else ()):
+        if not isinstance(delta, dict):
+            continue
+        index = delta.get("index", position)
+        call = calls.setdefault(
+            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"] += function["arguments"]
+
+
+def _streamed_tool_answer(first: Json, outcome: Outcome, calls: dict[int, Json]) -> Json:
+    """The chat.completion a streamed answer with tool calls amounts to."""
+    usage = outcome.usage
+    answer: Json = {
+        "id": first.get("id", ""),
+        "object": "chat.completion",
+        "created": first.get("created", int(time.time())),
+        "model": first.get("model", outcome.model or ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": outcome.text or None,
+                    "tool_calls": [calls[i] for i in sorted(calls)],
+                },
+                "finish_reason": outcome.finish_reason or "tool_calls",
+            }
+        ],
+    }
+    if usage is not None and usage.source == "provider":
+        answer["usage"] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+    return answer
 
 
 def replay_chunks(op: str, answer: Json) -> list[Json]:
