@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -15,10 +17,14 @@ import kanal
 from kanal import manifests
 from kanal.api import KINDS
 
-NOT_BUILT = {
-    "gateway": "runs the gateway data plane; it arrives with issue 3",
-    "operator": "runs the Kubernetes operator; it arrives with issue 5",
-}
+if TYPE_CHECKING:
+    from kanal.controller.runner import OperatorConfig
+    from kanal.gateway.settings import GatewaySettings
+    from kanal.gateway.subscriber import SubscriberSettings
+
+NOT_BUILT: dict[str, str] = {}
+IN_CLUSTER_API = "https://kubernetes.default.svc"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def render_crds() -> dict[str, str]:
@@ -100,6 +106,85 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return local.run(args.filename, settings, secrets)
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from kanal.gateway import subscriber
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # grpc and aiohttp are chatty at DEBUG; kanal's own lines are what -v is for
+    for noisy in ("grpc", "aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
+    try:
+        settings, subscriber_settings = _gateway_settings(args, os.environ, SERVICE_ACCOUNT_DIR)
+    except ValueError as err:
+        print(f"kanal gateway: {err}", file=sys.stderr)
+        return 2
+    if args.redis:
+        logging.getLogger("kanal.gateway").warning(
+            "state (limits, budgets, sessions, cache) in Redis at %s", _redact_url(args.redis)
+        )
+    return subscriber.run(settings, subscriber_settings)
+
+
+def _gateway_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], sa_dir: Path
+) -> tuple[GatewaySettings, SubscriberSettings]:
+    """Flags, then the environment, then in-cluster defaults (the pod's ServiceAccount)."""
+    from kanal.gateway.settings import GatewaySettings
+    from kanal.gateway.subscriber import TOKEN_ENV, SubscriberSettings
+
+    in_cluster = (sa_dir / "token").is_file()
+    kube_api_url = args.kube_api_url or (IN_CLUSTER_API if in_cluster else None)
+    kube_ca_file = args.kube_ca_file
+    kube_token_file = args.kube_token_file
+    if in_cluster:  # like client-go's in-cluster config: the pod's CA and ServiceAccount
+        if not kube_ca_file and (sa_dir / "ca.crt").is_file():
+            kube_ca_file = str(sa_dir / "ca.crt")
+        if not (kube_token_file or args.kube_client_cert):
+            kube_token_file = str(sa_dir / "token")
+    if bool(args.kube_client_cert) != bool(args.kube_client_key):
+        raise ValueError("--kube-client-cert and --kube-client-key go together")
+    if args.fallback_after < 0 or args.reconnect_max <= 0:
+        raise ValueError("--fallback-after must be >= 0 and --reconnect-max > 0")
+    namespace = args.snapshot_namespace or environ.get("KANAL_SNAPSHOT_NAMESPACE")
+    if not namespace and (sa_dir / "namespace").is_file():
+        namespace = (sa_dir / "namespace").read_text().strip() or None
+    token = environ.get(TOKEN_ENV, "")
+    if args.operator_token_file:
+        try:
+            token = Path(args.operator_token_file).read_text()
+        except OSError as err:
+            raise ValueError(f"--operator-token-file: {err}") from None
+    gateway_id = args.gateway_id or environ.get("POD_NAME") or socket.gethostname()
+    if ":" not in args.operator:
+        raise ValueError(f"--operator {args.operator!r}: expected HOST:PORT")
+    settings = GatewaySettings(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        redis_url=args.redis,
+        redis_fail_open=args.redis_fail_open,
+        anonymous_tenant=args.anonymous_tenant,
+        kube_api_url=kube_api_url,
+        kube_ca_file=kube_ca_file,
+        kube_token_file=kube_token_file,
+        kube_client_cert_file=args.kube_client_cert,
+        kube_client_key_file=args.kube_client_key,
+    )
+    subscriber_settings = SubscriberSettings(
+        operator=args.operator,
+        gateway_id=gateway_id,
+        token=token.strip(),
+        snapshot_namespace=namespace,
+        snapshot_secret=args.snapshot_secret,
+        fallback_after=args.fallback_after,
+        backoff_max=args.reconnect_max,
+    )
+    return settings, subscriber_settings
+
+
 def _redact_url(url: str) -> str:
     """A Redis URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")
@@ -166,6 +251,95 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-v", "--verbose", action="store_true", help="log more")
     up.set_defaults(run=_cmd_up)
 
+    gateway = sub.add_parser(
+        "gateway",
+        help="run the gateway in a cluster: routing snapshots from the operator",
+        description="Serve the gateway with routing snapshots streamed from the operator; "
+        "while the operator is unreachable, serve the last one it persisted in its Secret.",
+    )
+    gateway.add_argument(
+        "--operator",
+        required=True,
+        metavar="HOST:PORT",
+        help="the operator's snapshot service (kanal operator --snapshot-port)",
+    )
+    gateway.add_argument(
+        "--operator-token-file",
+        metavar="PATH",
+        help="file with the shared token the operator requires (else $KANAL_SNAPSHOT_TOKEN)",
+    )
+    gateway.add_argument(
+        "--gateway-id",
+        help="this replica's name in the operator's status (default: $POD_NAME or the host name)",
+    )
+    gateway.add_argument(
+        "--snapshot-namespace",
+        metavar="NS",
+        help="namespace of the persisted snapshot Secret (default: $KANAL_SNAPSHOT_NAMESPACE, "
+        "else the pod's own namespace)",
+    )
+    gateway.add_argument(
+        "--snapshot-secret",
+        default="kanal-snapshot",
+        metavar="NAME",
+        help="name of the persisted snapshot Secret (default kanal-snapshot)",
+    )
+    gateway.add_argument(
+        "--fallback-after",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with no snapshot from the operator after this long, serve the persisted one "
+        "(at once when the operator is unreachable; default 5)",
+    )
+    gateway.add_argument(
+        "--reconnect-max",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest delay between reconnects to the operator (default 30)",
+    )
+    gateway.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    gateway.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    gateway.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
+    gateway.add_argument(
+        "--redis", metavar="URL", help="Redis for limits, budgets, sessions and cache (else memory)"
+    )
+    gateway.add_argument(
+        "--redis-fail-open",
+        action="store_true",
+        help="when Redis is unreachable, admit requests without limit and budget checks "
+        "(default: refuse them with 503)",
+    )
+    gateway.add_argument(
+        "--anonymous-tenant",
+        metavar="NS",
+        help="admit callers without credentials as tenant NS while the snapshot holds no API "
+        "keys (default: refuse them with 401)",
+    )
+    gateway.add_argument(
+        "--kube-api-url",
+        metavar="URL",
+        help=f"Kubernetes API for TokenReview and the persisted snapshot (default in a pod: "
+        f"{IN_CLUSTER_API})",
+    )
+    gateway.add_argument(
+        "--kube-ca-file", metavar="PATH", help="CA bundle of the API (default in a pod: its ca.crt)"
+    )
+    gateway.add_argument(
+        "--kube-token-file",
+        metavar="PATH",
+        help="bearer token for the API (default in a pod: its ServiceAccount token)",
+    )
+    gateway.add_argument(
+        "--kube-client-cert", metavar="PATH", help="client certificate for the API"
+    )
+    gateway.add_argument("--kube-client-key", metavar="PATH", help="its private key")
+    gateway.add_argument("-v", "--verbose", action="store_true", help="log more")
+    gateway.set_defaults(run=_cmd_gateway)
+
+    _add_operator_parser(sub)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(run=_cmd_version)
 
@@ -173,6 +347,167 @@ def build_parser() -> argparse.ArgumentParser:
         stub = sub.add_parser(command, help=f"(not built yet) {text}")
         stub.set_defaults(run=lambda _args, c=command: _not_built(c))
     return parser
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from kanal.controller import runner
+
+    try:
+        config = _operator_config(args, os.environ, SERVICE_ACCOUNT_DIR)
+    except ValueError as err:
+        print(f"kanal operator: {err}", file=sys.stderr)
+        return 2
+    return runner.run(config)
+
+
+def _operator_config(
+    args: argparse.Namespace, environ: Mapping[str, str], sa_dir: Path
+) -> OperatorConfig:
+    """Flags, then the environment, then in-cluster defaults (the pod's namespace)."""
+    from kanal.controller.builders import (
+        DEFAULT_GATEWAY_GRPC,
+        DEFAULT_PROMPT_FUNCTION_IMAGE,
+        BuildSettings,
+    )
+    from kanal.controller.runner import OperatorConfig
+
+    namespace = (
+        args.snapshot_namespace
+        or environ.get("KANAL_SNAPSHOT_NAMESPACE")
+        or environ.get("KANAL_NAMESPACE")
+    )
+    if not namespace and (sa_dir / "namespace").is_file():
+        namespace = (sa_dir / "namespace").read_text().strip() or None
+    token = None
+    if args.snapshot_token_file:
+        try:
+            token = Path(args.snapshot_token_file).read_text().strip()
+        except OSError as err:
+            raise ValueError(f"--snapshot-token-file: {err}") from None
+    if args.snapshot_port is not None and not 0 <= args.snapshot_port <= 65535:
+        raise ValueError(f"--snapshot-port {args.snapshot_port}: not a port")
+    if args.debounce < 0:
+        raise ValueError("--debounce must not be negative")
+    build = BuildSettings(
+        prompt_function_image=args.prompt_function_image
+        or environ.get("KANAL_PROMPT_FUNCTION_IMAGE")
+        or DEFAULT_PROMPT_FUNCTION_IMAGE,
+        gateway_grpc=args.gateway_grpc or environ.get("KANAL_GATEWAY_GRPC") or DEFAULT_GATEWAY_GRPC,
+        progress_deadline=args.progress_deadline,
+    )
+    return OperatorConfig(
+        snapshot_namespace=namespace or "default",
+        namespaces=tuple(dict.fromkeys(args.namespace or ())),
+        peering="on" if args.peering else "off" if args.standalone else "auto",
+        peering_name=args.peering_name,
+        priority=args.priority,
+        peering_lifetime=args.peering_lifetime,
+        snapshot_port=args.snapshot_port,
+        snapshot_host=args.snapshot_host,
+        snapshot_token=token,
+        liveness=args.liveness,
+        build=build,
+        debounce=args.debounce,
+        verbose=args.verbose,
+    )
+
+
+def _add_operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    op = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator (ModelBackend/LlmRoute -> Knative + routing snapshots)",
+        description="Reconcile ModelBackends and LlmRoutes into Knative Services, compile "
+        "them into routing snapshots, persist the last one in the Secret kanal-snapshot and "
+        "serve it to gateways. Uses the pod's ServiceAccount in a cluster, else $KUBECONFIG.",
+    )
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="serve every namespace (the default)",
+    )
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="serve only this namespace (repeatable)",
+    )
+    peering = op.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--peering",
+        action="store_true",
+        help="several replicas, one active: kopf peering through the peering object named by "
+        "--peering-name (needs the KopfPeering CRDs; the object is created if missing)",
+    )
+    peering.add_argument(
+        "--standalone", action="store_true", help="no peering, even if its CRDs exist"
+    )
+    op.add_argument("--peering-name", default="kanal", help="peering object (default kanal)")
+    op.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (default: earlier start wins, so a running leader keeps leading)",
+    )
+    op.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a silent replica counts as alive (default 60)",
+    )
+    op.add_argument(
+        "--snapshot-namespace",
+        metavar="NS",
+        help="namespace of the Secret kanal-snapshot (default: $KANAL_SNAPSHOT_NAMESPACE, "
+        "$KANAL_NAMESPACE, else the pod's own namespace, else default)",
+    )
+    op.add_argument(
+        "--snapshot-port",
+        type=int,
+        metavar="PORT",
+        help="serve snapshots to gateways over gRPC on this port (default: don't; gateways "
+        "then read the Secret)",
+    )
+    op.add_argument(
+        "--snapshot-host", default="0.0.0.0", help="address of the snapshot server (default all)"
+    )
+    op.add_argument(
+        "--snapshot-token-file",
+        metavar="PATH",
+        help="file with the token gateways must send (else $KANAL_SNAPSHOT_TOKEN)",
+    )
+    op.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz",
+    )
+    op.add_argument(
+        "--prompt-function-image",
+        metavar="IMAGE",
+        help="image of prompt functions (default: $KANAL_PROMPT_FUNCTION_IMAGE, else kanal's)",
+    )
+    op.add_argument(
+        "--gateway-grpc",
+        metavar="HOST:PORT",
+        help="the gateway's gRPC address handed to prompt functions "
+        "(default: $KANAL_GATEWAY_GRPC, else kanal-gateway.kanal.svc.cluster.local:9090)",
+    )
+    op.add_argument(
+        "--progress-deadline",
+        default="30m",
+        help="how long Knative may take to bring up a model revision (default 30m)",
+    )
+    op.add_argument(
+        "--debounce",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="wait this long after a change before compiling (default 0.05)",
+    )
+    op.add_argument("-v", "--verbose", action="store_true", help="log more")
+    op.set_defaults(run=_cmd_operator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,7 +77,9 @@ def test_validate_with_no_files_fails(tmp_path: Path) -> None:
 
 
 def test_unbuilt_commands_say_so_and_fail() -> None:
-    for command in ("gateway", "operator"):
+    from kanal.cli import NOT_BUILT
+
+    for command in NOT_BUILT:
         result = kanal_cli(command, "-f", "examples")
         assert result.returncode == 2
         assert "not built yet" in result.stderr

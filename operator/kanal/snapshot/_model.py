@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SecretStr
 
 from kanal.api.llmroute import Access, Budget, Cache, Context, Guardrails, Prompt, RateLimit
 
 SCHEMA_VERSION = 1
+
+SortedSet = Annotated[frozenset[str], PlainSerializer(sorted, return_type=list[str])]
+"""A set serialized in sorted order: a set's iteration order depends on the process's hash
+seed, and the version (a hash of the JSON) must be the same in every process."""
 
 
 class _Frozen(BaseModel):
@@ -71,7 +76,7 @@ class RetryPolicy(_Frozen):
     """Extra attempts after the first."""
     backoff: float = 0.2
     """Base delay in seconds; doubled per attempt, with jitter."""
-    on: frozenset[str] = frozenset({"5xx", "timeout", "rate-limited", "connect-error"})
+    on: SortedSet = frozenset({"5xx", "timeout", "rate-limited", "connect-error"})
 
 
 class RouteConfig(_Frozen):
@@ -86,7 +91,7 @@ class RouteConfig(_Frozen):
     retry: RetryPolicy = RetryPolicy()
     timeout: float = 600.0
     """Whole-request deadline in seconds, retries included."""
-    tenants: frozenset[str]
+    tenants: SortedSet
     """Caller namespaces that may use this route (its own plus access.namespaces)."""
     rate_limit: RateLimit | None = None
     budget: Budget | None = None
