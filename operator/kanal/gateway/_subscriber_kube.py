@@ -16,12 +16,12 @@ import base64
 import binascii
 import logging
 import ssl
-from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from kanal.gateway._kubeapi import auth_headers, ssl_context
 from kanal.gateway._subscriber_codec import inflate
 from kanal.gateway.settings import GatewaySettings
 from kanal.snapshot import SNAPSHOT_KEY, SNAPSHOT_SECRET, VERSION_ANNOTATION, Snapshot, from_bytes
@@ -62,19 +62,10 @@ class PersistedSnapshot:
         return f"Secret {self.namespace}/{self.name}"
 
     def _ssl(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.settings.kube_ca_file)
-        if self.settings.kube_client_cert_file:
-            context.load_cert_chain(
-                self.settings.kube_client_cert_file, self.settings.kube_client_key_file
-            )
-        return context
+        return ssl_context(self.settings)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self.settings.kube_token_file:
-            token = Path(self.settings.kube_token_file).read_text().strip()
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
+        return auth_headers(self.settings, {"Accept": "application/json"})
 
     async def load(self) -> Snapshot:
         """The persisted snapshot, parsed and validated; SnapshotUnavailable otherwise."""

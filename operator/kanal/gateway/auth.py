@@ -13,11 +13,11 @@ import hmac
 import logging
 import ssl
 import time
-from pathlib import Path
 
 import aiohttp
 import orjson
 
+from kanal.gateway._kubeapi import auth_headers, ssl_context
 from kanal.gateway.errors import GatewayError
 from kanal.gateway.policy.base import Caller
 from kanal.gateway.settings import GatewaySettings
@@ -43,20 +43,10 @@ class TokenReviewer:
         self._lock = asyncio.Lock()
 
     def _ssl(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.settings.kube_ca_file)
-        if self.settings.kube_client_cert_file:
-            context.load_cert_chain(
-                self.settings.kube_client_cert_file, self.settings.kube_client_key_file
-            )
-        return context
+        return ssl_context(self.settings)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.settings.kube_token_file:
-            # re-read each time: projected tokens rotate on disk
-            token = Path(self.settings.kube_token_file).read_text().strip()
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
+        return auth_headers(self.settings, {"Content-Type": "application/json"})
 
     async def review(self, token: str) -> Caller | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
