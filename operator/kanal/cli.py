@@ -198,6 +198,22 @@ def _not_built(command: str) -> int:
     return 2
 
 
+def _add_serving_flags(parser: argparse.ArgumentParser, *, host: str) -> None:
+    """Listening addresses and shared state: the same for `kanal up` and `kanal gateway`."""
+    parser.add_argument("--host", default=host, help=f"address to listen on (default {host})")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    parser.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
+    parser.add_argument(
+        "--redis", metavar="URL", help="Redis for limits, budgets, sessions and cache (else memory)"
+    )
+    parser.add_argument(
+        "--redis-fail-open",
+        action="store_true",
+        help="when Redis is unreachable, admit requests without limit and budget checks "
+        "(default: refuse them with 503)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanal",
@@ -229,18 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a manifest file or folder (repeatable); edits are picked up while running",
     )
-    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
-    up.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
-    up.add_argument(
-        "--redis", metavar="URL", help="Redis for limits, budgets, sessions and cache (else memory)"
-    )
-    up.add_argument(
-        "--redis-fail-open",
-        action="store_true",
-        help="when Redis is unreachable, admit requests without limit and budget checks "
-        "(default: refuse them with 503)",
-    )
+    _add_serving_flags(up, host="127.0.0.1")
     up.add_argument(
         "--secret",
         action="append",
@@ -299,18 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest delay between reconnects to the operator (default 30)",
     )
-    gateway.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
-    gateway.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
-    gateway.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
-    gateway.add_argument(
-        "--redis", metavar="URL", help="Redis for limits, budgets, sessions and cache (else memory)"
-    )
-    gateway.add_argument(
-        "--redis-fail-open",
-        action="store_true",
-        help="when Redis is unreachable, admit requests without limit and budget checks "
-        "(default: refuse them with 503)",
-    )
+    _add_serving_flags(gateway, host="0.0.0.0")
     gateway.add_argument(
         "--anonymous-tenant",
         metavar="NS",
