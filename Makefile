@@ -37,9 +37,11 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tests/harness
 
-## crds: regenerate crds/ from the API models
+## crds: regenerate crds/ from the API models, and the chart's copies (a test checks both)
 crds: install
 	$(BIN)/kanal crds -o crds
+	cp crds/*.yaml charts/kanal/crds/
+	cp operator/kanal/controller/peering-crd.yaml charts/kanal/crds/kopfpeerings.kopf.dev.yaml
 
 ## proto: regenerate the gRPC stubs in operator/kanal/v1 (a test fails if they drift)
 proto: install
