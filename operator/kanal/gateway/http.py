@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -184,59 +184,56 @@ class Handlers:
             return
         await response.write(_DONE)
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def _authenticated_json(
+        self, request: web.Request, answer: Callable[[Caller], Awaitable[Json]]
+    ) -> web.Response:
+        """The read-style endpoints: authenticate, answer as JSON, errors in OpenAI's shape."""
         request_id = _request_id(request)
         try:
-            caller = await self._caller(request)
+            data = await answer(await self._caller(request))
         except GatewayError as err:
             return _error_response(err, request_id)
-        data = [_model_entry(r.model, r.namespace) for r in self.gateway.models(caller)]
-        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+        return web.json_response(data, dumps=_dumps, headers={"x-request-id": request_id})
+
+    async def models(self, request: web.Request) -> web.Response:
+        async def answer(caller: Caller) -> Json:
+            routes = self.gateway.models(caller)
+            return {"object": "list", "data": [_model_entry(r.model, r.namespace) for r in routes]}
+
+        return await self._authenticated_json(request, answer)
 
     async def model(self, request: web.Request) -> web.Response:
-        request_id = _request_id(request)
-        try:
-            caller = await self._caller(request)
+        async def answer(caller: Caller) -> Json:
             route = self.gateway.resolve(caller, request.match_info["model"])
-        except GatewayError as err:
-            return _error_response(err, request_id)
-        return web.json_response(_model_entry(route.model, route.namespace), dumps=_dumps)
+            return _model_entry(route.model, route.namespace)
+
+        return await self._authenticated_json(request, answer)
 
     async def session(self, request: web.Request) -> web.Response:
         """GET /v1/sessions/{id}: the caller's own conversation, per route."""
-        request_id = _request_id(request)
-        try:
-            caller = await self._caller(request)
-            session_id = _path_session_id(request)
-            data = await self.gateway.context.read_session(caller, session_id)
-        except GatewayError as err:
-            return _error_response(err, request_id)
-        return web.json_response(data, dumps=_dumps, headers={"x-request-id": request_id})
+
+        async def answer(caller: Caller) -> Json:
+            return await self.gateway.context.read_session(caller, _path_session_id(request))
+
+        return await self._authenticated_json(request, answer)
 
     async def delete_session(self, request: web.Request) -> web.Response:
         """DELETE /v1/sessions/{id}: erase the caller's own conversation on every route."""
-        request_id = _request_id(request)
-        try:
-            caller = await self._caller(request)
+
+        async def answer(caller: Caller) -> Json:
             session_id = _path_session_id(request)
             erased = await self.gateway.context.delete_session(caller, session_id)
-        except GatewayError as err:
-            return _error_response(err, request_id)
-        return web.json_response(
-            {"id": session_id, "object": "session.deleted", "deleted": erased > 0},
-            dumps=_dumps,
-            headers={"x-request-id": request_id},
-        )
+            return {"id": session_id, "object": "session.deleted", "deleted": erased > 0}
+
+        return await self._authenticated_json(request, answer)
 
     async def spend(self, request: web.Request) -> web.Response:
         """GET /v1/spend: current spend of the caller's key, namespace and routes."""
-        request_id = _request_id(request)
-        try:
-            caller = await self._caller(request)
-            data = await self.gateway.budget.spend(caller)
-        except GatewayError as err:
-            return _error_response(err, request_id)
-        return web.json_response(data, dumps=_dumps, headers={"x-request-id": request_id})
+
+        async def answer(caller: Caller) -> Json:
+            return await self.gateway.budget.spend(caller)
+
+        return await self._authenticated_json(request, answer)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
