@@ -319,8 +319,10 @@ def test_stream_silent_longer_than_idle_timeout_is_timeout(case: Case, after: in
 def test_stream_longer_than_total_timeout_is_timeout(case: Case) -> None:
     async def main() -> None:
         async with serve(case) as (fake, up):
-            fake.script(Fault.ok(event_delay=SHORT / 2))
-            opts = CallOptions(timeout=SHORT, idle_timeout=5.0)
+            # the first frame must beat the total timeout even on a loaded machine, while the
+            # whole stream (5+ frames, 2*SHORT apart) takes well over it
+            fake.script(Fault.ok(event_delay=2 * SHORT))
+            opts = CallOptions(timeout=4 * SHORT, idle_timeout=5.0)
             received, err = await stream_failure(case.adapter.chat_stream(up, chat_body(), opts))
         assert err.kind is FailureKind.TIMEOUT
         assert received
