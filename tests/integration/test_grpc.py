@@ -22,6 +22,7 @@ from kanal.gateway.providers import mock
 from kanal.gateway.providers.base import FailureKind, UpstreamError
 from kanal.gateway.service import Caller
 from kanal.gateway.settings import GatewaySettings
+from kanal.gateway.telemetry import Telemetry
 from kanal.v1 import gateway_pb2 as pb
 from kanal.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -455,6 +456,7 @@ class FakeCore:
 
     def __init__(self, stream: AsyncIterator[dict[str, Any]] | None = None) -> None:
         self.runtime = SimpleNamespace(settings=GatewaySettings())
+        self.telemetry = Telemetry()
         self.stream = stream
 
     async def authenticate(self, authorization: str | None) -> Caller:

@@ -17,9 +17,11 @@ HTTP error message as details, and trailing metadata ``x-request-id``, ``x-kanal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -31,6 +33,7 @@ from kanal.gateway.errors import GatewayError, bad_request, from_upstream
 from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
 from kanal.gateway.service import Call, Caller, Gateway, Operation
+from kanal.gateway.telemetry import RequestRecord
 from kanal.v1 import gateway_pb2 as pb
 from kanal.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -333,6 +336,12 @@ class GatewayService(pb_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    def _begin(
+        self, operation: str, info: CallInfo, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> RequestRecord:
+        carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
+        return self.gateway.telemetry.begin("grpc", operation, info.request_id, carrier)
+
     def _prepare(self, op: Operation, caller: Caller, body: Json, info: CallInfo) -> Call:
         if info.session_id is not None and not _REQUEST_ID.match(info.session_id):
             raise GatewayError(
@@ -355,40 +364,70 @@ class GatewayService(pb_grpc.GatewayServicer):
         request: pb.ChatRequest,
         context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatResponse],
     ) -> pb.ChatResponse:
-        call = call_info(context.invocation_metadata())
-        trace = Trace()
+        metadata = context.invocation_metadata()
+        call = call_info(metadata)
+        record = self._begin("chat", call, metadata)
+        trace = record.trace
         prepared: Call | None = None
         try:
-            caller = await self.gateway.authenticate(call.authorization)
+            record.caller = caller = await self.gateway.authenticate(call.authorization)
             body = chat_body(request, stream=False)
-            prepared = self._prepare(Operation.CHAT, caller, body, call)
+            record.call = prepared = self._prepare(Operation.CHAT, caller, body, call)
             response = chat_response(await self.gateway.call(prepared, trace))
+            await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
+            return response
         except GatewayError as err:
+            record.error = err
             await _abort(context, err, call.request_id, prepared)
+        except asyncio.CancelledError:
+            record.disconnected = True
+            raise
         except Exception:
             log.exception("Chat failed (request %s)", call.request_id)
-            await _abort(context, _internal_error(), call.request_id)
-        await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
-        return response
+            record.error = _internal_error()
+            await _abort(context, record.error, call.request_id)
+        finally:
+            self.gateway.telemetry.finish(record)
 
     async def ChatStream(
         self,
         request: pb.ChatRequest,
         context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatChunk],
     ) -> None:
-        call = call_info(context.invocation_metadata())
-        trace = Trace()
+        metadata = context.invocation_metadata()
+        call = call_info(metadata)
+        record = self._begin("chat", call, metadata)
+        record.stream = True
+        try:
+            await self._chat_stream(request, context, call, record)
+        except asyncio.CancelledError:
+            record.disconnected = True
+            raise
+        finally:
+            self.gateway.telemetry.finish(record)
+
+    async def _chat_stream(
+        self,
+        request: pb.ChatRequest,
+        context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatChunk],
+        call: CallInfo,
+        record: RequestRecord,
+    ) -> None:
+        trace = record.trace
         prepared: Call | None = None
         try:
-            caller = await self.gateway.authenticate(call.authorization)
+            record.caller = caller = await self.gateway.authenticate(call.authorization)
             body = chat_body(request, stream=True)
-            prepared = self._prepare(Operation.CHAT, caller, body, call)
+            record.call = prepared = self._prepare(Operation.CHAT, caller, body, call)
             chunks = await self.gateway.open_stream(prepared, trace)
+            record.first_chunk = time.perf_counter()
         except GatewayError as err:
+            record.error = err
             await _abort(context, err, call.request_id, prepared)
         except Exception:
             log.exception("ChatStream failed (request %s)", call.request_id)
-            await _abort(context, _internal_error(), call.request_id)
+            record.error = _internal_error()
+            await _abort(context, record.error, call.request_id)
         wants_usage = request.include_usage
         # context.write (not an async generator): a cancelled call raises CancelledError right
         # here, and the finally below closes the upstream stream at once
@@ -400,10 +439,15 @@ class GatewayService(pb_grpc.GatewayServicer):
                 await context.write(chat_chunk(chunk))
         except UpstreamError as err:
             # after the first chunk a failure ends the stream, never switches backends
-            await _abort(context, from_upstream(err, model=prepared.route.model), call.request_id)
-        except Exception:
+            record.error = from_upstream(err, model=prepared.route.model)
+            record.in_stream_error = True
+            await _abort(context, record.error, call.request_id)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
             log.exception("ChatStream failed mid-stream (request %s)", call.request_id)
-            await _abort(context, _internal_error(), call.request_id)
+            record.error, record.in_stream_error = _internal_error(), True
+            await _abort(context, record.error, call.request_id)
         finally:
             await _aclose(chunks)
 
@@ -412,22 +456,31 @@ class GatewayService(pb_grpc.GatewayServicer):
         request: pb.EmbedRequest,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
-        call = call_info(context.invocation_metadata())
-        trace = Trace()
+        metadata = context.invocation_metadata()
+        call = call_info(metadata)
+        record = self._begin("embeddings", call, metadata)
+        trace = record.trace
         prepared: Call | None = None
         try:
-            caller = await self.gateway.authenticate(call.authorization)
+            record.caller = caller = await self.gateway.authenticate(call.authorization)
             body = embed_body(request)
-            prepared = self._prepare(Operation.EMBEDDINGS, caller, body, call)
+            record.call = prepared = self._prepare(Operation.EMBEDDINGS, caller, body, call)
             result = await self.gateway.call(prepared, trace)
             response = embed_response(result)
+            await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
+            return response
         except GatewayError as err:
+            record.error = err
             await _abort(context, err, call.request_id, prepared)
+        except asyncio.CancelledError:
+            record.disconnected = True
+            raise
         except Exception:
             log.exception("Embed failed (request %s)", call.request_id)
-            await _abort(context, _internal_error(), call.request_id)
-        await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
-        return response
+            record.error = _internal_error()
+            await _abort(context, record.error, call.request_id)
+        finally:
+            self.gateway.telemetry.finish(record)
 
     async def ListModels(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from kanal.gateway.errors import GatewayError, from_upstream
 from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
 from kanal.gateway.service import Call, Caller, Gateway, Operation
+from kanal.gateway.telemetry import RequestRecord
 
 log = logging.getLogger("kanal.gateway.http")
 Json = dict[str, Any]
@@ -109,14 +111,15 @@ class Handlers:
         return await self._invoke(request, Operation.EMBEDDINGS)
 
     async def _invoke(self, request: web.Request, op: Operation) -> web.StreamResponse:
-        started = time.perf_counter()
         request_id = _request_id(request)
-        trace = Trace()
+        telemetry = self.gateway.telemetry
+        record = telemetry.begin("http", op.value, request_id, request.headers)
+        started, trace = record.started, record.trace
         call: Call | None = None
         try:
-            caller = await self._caller(request)
+            record.caller = caller = await self._caller(request)
             body = await _read_json(request)
-            call = self.gateway.prepare(
+            record.call = call = self.gateway.prepare(
                 op,
                 caller,
                 body,
@@ -124,11 +127,18 @@ class Handlers:
                 session_id=_session_id(request),
                 cache_bypass=_cache_bypass(request),
             )
+            record.stream = call.stream
             if call.stream:
-                return await self._stream(request, call, trace, started)
+                return await self._stream(request, call, record)
             result = await self.gateway.call(call, trace)
         except GatewayError as err:
+            record.error = err
             return _error_response(err, request_id, call)
+        except asyncio.CancelledError:  # the caller went away (handler_cancellation)
+            record.disconnected = True
+            raise
+        finally:
+            telemetry.finish(record)
         return web.Response(
             body=orjson.dumps(result),
             content_type="application/json",
@@ -142,25 +152,28 @@ class Handlers:
         )
 
     async def _stream(
-        self, request: web.Request, call: Call, trace: Trace, started: float
+        self, request: web.Request, call: Call, record: RequestRecord
     ) -> web.StreamResponse:
         options = call.body.get("stream_options") or {}
         wants_usage = bool(options.get("include_usage"))
+        trace = record.trace
         chunks = await self.gateway.open_stream(call, trace)  # errors -> JSON reply
+        record.first_chunk = time.perf_counter()
         response = web.StreamResponse(
             headers={
                 **_SSE_HEADERS,
                 **call.headers,
                 "x-request-id": call.request_id,
-                "x-kanal-overhead-ms": _overhead_ms(started, trace),
+                "x-kanal-overhead-ms": _overhead_ms(record.started, trace),
                 "x-kanal-backend": trace.backend,
                 "x-kanal-attempts": str(trace.attempts),
             }
         )
         try:
             await response.prepare(request)
-            await self._relay(response, chunks, wants_usage, call.route.model)
+            await self._relay(response, chunks, wants_usage, record)
         except (ConnectionResetError, OSError):
+            record.disconnected = True
             log.info("client went away mid-stream (request %s)", call.request_id)
         finally:
             await _aclose(chunks)
@@ -171,7 +184,7 @@ class Handlers:
         response: web.StreamResponse,
         chunks: AsyncIterator[Json],
         wants_usage: bool,
-        model: str,
+        record: RequestRecord,
     ) -> None:
         try:
             async for chunk in chunks:
@@ -180,7 +193,9 @@ class Handlers:
                 await response.write(_sse(chunk))
         except UpstreamError as err:
             # after the first byte a failure is reported in-stream, never by switching backends
-            await response.write(_sse(from_upstream(err, model=model).body()))
+            model = record.call.route.model if record.call is not None else ""
+            record.error, record.in_stream_error = from_upstream(err, model=model), True
+            await response.write(_sse(record.error.body()))
             return
         await response.write(_DONE)
 

@@ -29,6 +29,7 @@ from kanal.gateway.providers.base import (
 from kanal.gateway.router import Router, Trace
 from kanal.gateway.runtime import BackendState, Runtime
 from kanal.gateway.stores import Stores
+from kanal.gateway.telemetry import Telemetry
 from kanal.gateway.tokens import estimate_prompt, estimate_text
 from kanal.snapshot import RouteConfig, Snapshot, Target
 
@@ -115,6 +116,8 @@ class Gateway:
         self._chains: dict[str, tuple[Policy, ...]] = {}
         self._chains_of: Snapshot | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.telemetry = Telemetry()
+        """Sinks of the per-request records (metrics, usage events, logs, traces)."""
 
     @property
     def context(self) -> ContextPolicy:
@@ -132,6 +135,7 @@ class Gateway:
         for policy in self.policies:
             await policy.close()
         await self.auth.close()
+        await self.telemetry.close()
         await self.stores.close()
 
     # -- callers and routes ---------------------------------------------------------------
@@ -239,22 +243,15 @@ class Gateway:
 
     async def call(self, call: Call, trace: Trace) -> Json:
         chain = self.chain(call.route)
-        if not chain:  # the common fast path: no policy on this route
-            return await self._route_unary(call, trace)
         ran: list[Policy] = []
-        outcome = Outcome()
+        outcome = call.outcome = Outcome()
         try:
             for policy in chain:
                 answer = await policy.before(call)
                 ran.append(policy)
                 if answer is not None:
-                    outcome = Outcome(
-                        response=answer,
-                        text=text_of(answer),
-                        usage=usage_of(answer),
-                        completed=True,
-                        cached=True,
-                    )
+                    outcome.response, outcome.text = answer, text_of(answer)
+                    outcome.usage, outcome.completed, outcome.cached = usage_of(answer), True, True
                     return answer
             result = await self._route_unary(call, trace)
             outcome.response, outcome.text, outcome.completed = result, text_of(result), True
@@ -311,12 +308,14 @@ class Gateway:
                     return self._replay(answer, call, ran)
             first, chunks, state = await self._route_stream(call, trace)
         except GatewayError as err:
+            call.outcome = Outcome(error=err)
             if ran:
-                await self._after(ran, call, Outcome(error=err))
+                await self._after(ran, call, call.outcome)
             raise
         except BaseException:
+            call.outcome = Outcome()
             if ran:
-                await self._after(ran, call, Outcome())
+                await self._after(ran, call, call.outcome)
             raise
         return self._relay(first, chunks, trace, state, call, ran)
 
@@ -356,7 +355,7 @@ class Gateway:
         call: Call,
         ran: list[Policy],
     ) -> AsyncIterator[Json]:
-        outcome = Outcome(backend=trace.backend, model=trace.model)
+        outcome = call.outcome = Outcome(backend=trace.backend, model=trace.model)
         parts: list[str] = []
         calls: dict[int, Json] = {}
         finished = False
@@ -377,17 +376,17 @@ class Gateway:
         finally:
             trace.done()
             await _close(chunks)
+            outcome.text = "".join(parts)
+            if outcome.usage is None:  # bill what was produced, even if cut short
+                outcome.usage = self._estimate(call, outcome.text)
             if ran:
-                outcome.text = "".join(parts)
-                if outcome.usage is None:  # bill what was produced, even if cut short
-                    outcome.usage = self._estimate(call, outcome.text)
                 if calls and call.op == "chat":  # the answer only exists whole as a message
                     outcome.response = _streamed_tool_answer(first, outcome, calls)
                 await self._after(ran, call, outcome)
 
     async def _replay(self, answer: Json, call: Call, ran: list[Policy]) -> AsyncIterator[Json]:
         """A complete answer (from the cache) sent as a stream of chunks."""
-        outcome = Outcome(
+        outcome = call.outcome = Outcome(
             response=answer,
             text=text_of(answer),
             usage=usage_of(answer),

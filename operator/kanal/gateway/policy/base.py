@@ -81,6 +81,8 @@ class Call:
     """Filled before the policies run (a cheap offline estimate, for reservations)."""
     max_output_tokens: int = 0
     """Upper bound of the answer: max_tokens, else the model's limit (for reservations)."""
+    outcome: Outcome | None = None
+    """What came of it, once it ran (read by telemetry at the request's end)."""
 
 
 @dataclass(slots=True)

@@ -1,0 +1,6 @@
+"""Observability of the data plane: a record per request, read by sinks at its end."""
+
+from kanal.gateway.telemetry._hub import Sink, Telemetry
+from kanal.gateway.telemetry._record import RequestRecord
+
+__all__ = ["RequestRecord", "Sink", "Telemetry"]
