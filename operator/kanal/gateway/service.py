@@ -29,7 +29,7 @@ from kanal.gateway.providers.base import (
 from kanal.gateway.router import Router, Trace
 from kanal.gateway.runtime import BackendState, Runtime
 from kanal.gateway.stores import Stores
-from kanal.gateway.telemetry import Telemetry
+from kanal.gateway.telemetry import Telemetry, build_sinks
 from kanal.gateway.tokens import estimate_prompt, estimate_text
 from kanal.snapshot import RouteConfig, Snapshot, Target
 
@@ -116,7 +116,7 @@ class Gateway:
         self._chains: dict[str, tuple[Policy, ...]] = {}
         self._chains_of: Snapshot | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry(build_sinks(runtime, self.stores))
         """Sinks of the per-request records (metrics, usage events, logs, traces)."""
 
     @property

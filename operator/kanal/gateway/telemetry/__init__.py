@@ -2,5 +2,6 @@
 
 from kanal.gateway.telemetry._hub import Sink, Telemetry
 from kanal.gateway.telemetry._record import RequestRecord
+from kanal.gateway.telemetry._setup import build_sinks
 
-__all__ = ["RequestRecord", "Sink", "Telemetry"]
+__all__ = ["RequestRecord", "Sink", "Telemetry", "build_sinks"]
