@@ -32,8 +32,8 @@ redis-server:
 
 ## lint: ruff and mypy (strict)
 lint: install
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator functions tests
+	$(BIN)/ruff format --check operator functions tests
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tests/harness
 

@@ -1,4 +1,6 @@
-"""Import direction is enforced, not hoped for: api <- snapshot <- {controller, gateway}."""
+"""Import direction is enforced, not hoped for: api <- snapshot <- {controller, gateway};
+api <- prompts (the texts sent to models) <- {gateway, kanal_functions}; the function runtime
+(functions/runtime/kanal_functions) uses only api, prompts and the gRPC stubs of kanal."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parents[2] / "operator" / "kanal"
+ROOT = Path(__file__).parents[2]
+PACKAGE = ROOT / "operator" / "kanal"
+FUNCTIONS = ROOT / "functions" / "runtime" / "kanal_functions"
 
 # package -> prefixes it must never import (ours and third-party)
 FORBIDDEN = {
@@ -23,14 +27,43 @@ FORBIDDEN = {
         "grpc",
         "redis",
     ),
-    "kanal.snapshot": ("kanal.controller", "kanal.gateway", "kopf", "kubernetes"),
-    "kanal.gateway": ("kanal.controller", "kopf"),
-    "kanal.controller": ("kanal.gateway",),
+    "kanal.snapshot": (
+        "kanal.controller",
+        "kanal.gateway",
+        "kanal_functions",
+        "kopf",
+        "kubernetes",
+    ),
+    "kanal.gateway": ("kanal.controller", "kanal_functions", "kopf"),
+    "kanal.controller": ("kanal.gateway", "kanal_functions"),
+    "kanal.prompts": (
+        "kanal.snapshot",
+        "kanal.controller",
+        "kanal.gateway",
+        "kanal.cli",
+        "kanal.local",
+        "kanal_functions",
+        "aiohttp",
+        "grpc",
+        "redis",
+    ),
+    "kanal_functions": (
+        "kanal.gateway",
+        "kanal.controller",
+        "kanal.snapshot",
+        "kanal.cli",
+        "kanal.local",
+        "kanal.manifests",
+        "kopf",
+        "kubernetes",
+        "redis",
+    ),
 }
+FORBIDDEN["kanal.api"] += ("kanal.prompts", "kanal_functions")
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -46,8 +79,10 @@ def _imports(path: Path) -> set[str]:
 
 def _violations() -> list[str]:
     out = []
-    for path in PACKAGE.rglob("*.py"):
-        module = _module_name(path)
+    paths = [(p, PACKAGE) for p in PACKAGE.rglob("*.py")]
+    paths += [(p, FUNCTIONS) for p in FUNCTIONS.rglob("*.py")]
+    for path, package in paths:
+        module = _module_name(path, package)
         for layer, banned in FORBIDDEN.items():
             if module != layer and not module.startswith(layer + "."):
                 continue
@@ -61,6 +96,7 @@ def test_layers_hold() -> None:
     assert _violations() == []
     api_modules = [p for p in (PACKAGE / "api").rglob("*.py")]
     assert len(api_modules) >= 5  # the check really looked at the API package
+    assert len(list(FUNCTIONS.rglob("*.py"))) >= 4  # ... and at the function runtime
 
 
 def test_checker_catches_a_violation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +105,15 @@ def test_checker_catches_a_violation(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (fake / "api").mkdir(parents=True)
     (fake / "api" / "bad.py").write_text("from kanal.gateway import app\nimport kopf\n")
     monkeypatch.setitem(globals(), "PACKAGE", fake)
+    functions = tmp_path / "kanal_functions"
+    functions.mkdir()
+    (functions / "leak.py").write_text("import kanal.gateway.service\nfrom kanal.v1 import x\n")
+    (fake / "gateway").mkdir()
+    (fake / "gateway" / "up.py").write_text("from kanal_functions.prompt import main\n")
+    monkeypatch.setitem(globals(), "FUNCTIONS", functions)
     assert sorted(_violations()) == [
         "kanal.api.bad imports kanal.gateway",
         "kanal.api.bad imports kopf",
+        "kanal.gateway.up imports kanal_functions.prompt",
+        "kanal_functions.leak imports kanal.gateway.service",
     ]

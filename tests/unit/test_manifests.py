@@ -18,7 +18,7 @@ def test_examples_folders_are_valid() -> None:
     examples = Path(__file__).parents[2] / "examples"
     quickstart = manifests.load([examples / "quickstart", examples / "quickstart-openai"])
     assert quickstart.errors == []
-    assert {r.metadata.name for r in quickstart.routes} == {"chat", "gpt"}
+    assert {r.metadata.name for r in quickstart.routes} == {"chat", "gpt", "haiku"}
     loaded = manifests.load([examples])
     assert loaded.errors == []
     assert {r.metadata.name for r in loaded.routes} >= {"chat", "demo", "summarize-ticket"}

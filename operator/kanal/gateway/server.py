@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,11 +27,18 @@ class RunningGateway:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[RunningGateway]:
-    """Starts the servers (port 0 picks a free port) and stops them on exit."""
+async def running_gateway(
+    settings: GatewaySettings,
+    *,
+    extend_app: Callable[[web.Application, Gateway], None] | None = None,
+) -> AsyncIterator[RunningGateway]:
+    """Starts the servers (port 0 picks a free port) and stops them on exit. ``extend_app``
+    may add routes to the HTTP app before it starts (``kanal up``'s prompt functions)."""
     runtime = Runtime(settings)
     gateway = Gateway(runtime, stores=Stores.create(settings))
     app = create_app(gateway)
+    if extend_app is not None:
+        extend_app(app, gateway)
     # handler_cancellation: a caller that disconnects cancels its upstream call
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()

@@ -1,22 +1,21 @@
 """``strategy: summarize``: which oldest turns to fold into the running summary, and the
-request that asks the summarizer model to do it. Pure functions, no I/O."""
+request that asks the summarizer model to do it. Pure functions, no I/O.
+
+The words of that request come from :mod:`kanal.prompts`, which the summarize function
+(``functions/summarize``, the same fold out of process) uses too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from kanal import prompts
 from kanal.gateway.policy._context_prompt import turns, units
 from kanal.gateway.policy._context_store import History, StoredMessage
 
 Json = dict[str, Any]
 
-INSTRUCTIONS = (
-    "You maintain the running summary of a conversation between a user and an assistant. "
-    "Fold the new turns into the summary so far. Keep facts, names, numbers, decisions, "
-    "commitments, open questions and the user's preferences; drop small talk. Answer with "
-    "the updated summary only, at most {words} words."
-)
+INSTRUCTIONS = prompts.SUMMARY_INSTRUCTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,27 +58,8 @@ def plan_fold(history: History, keep_tokens: int) -> FoldPlan | None:
     return FoldPlan(folded, through, tokens)
 
 
-def _render(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("text")
-        )
-    return ""
-
-
 def transcript(messages: list[StoredMessage]) -> str:
-    lines = []
-    for stored in messages:
-        message = stored.message
-        role = str(message.get("role", "user"))
-        text = _render(message.get("content"))
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
-            text += f" [calls {function.get('name', '?')}({function.get('arguments', '')})]"
-        lines.append(f"{role}: {text.strip()}")
-    return "\n".join(lines)
+    return prompts.transcript(stored.message for stored in messages)
 
 
 def summarizer_body(
@@ -88,14 +68,7 @@ def summarizer_body(
     """The chat request for the summarizer (OpenAI shape; the backend's adapter translates)."""
     return {
         "model": model,
-        "messages": [
-            {"role": "system", "content": INSTRUCTIONS.format(words=max_words)},
-            {
-                "role": "user",
-                "content": f"Summary so far:\n{summary or '(none)'}\n\n"
-                f"New turns:\n{transcript(messages)}",
-            },
-        ],
+        "messages": prompts.summary_messages(summary, (s.message for s in messages), max_words),
         "max_tokens": max_words,
         "temperature": 0,
     }
