@@ -308,6 +308,13 @@ CASES: list[BadCase] = [
         "lr-budget-zero", route, _set("spec.budget", {"usdPerDay": 0}), "spec.budget.usdPerDay", "0"
     ),
     BadCase("lr-unknown-field", route, _set("spec.backend", []), "spec.backend", "unknown field"),
+    BadCase(
+        "lr-logging-unknown-field",
+        route,
+        _set("spec.logging", {"prompts": True}),
+        "spec.logging.prompts",
+        "unknown field",
+    ),
     # --- LlmRoute: CEL ---
     BadCase(
         "lr-tier-without-weight",

@@ -219,6 +219,13 @@ class Access(KanalModel):
     """API key Secrets admitted, by label."""
 
 
+class RequestLogging(KanalModel):
+    """What the request log (one JSON line per request) records; never secrets."""
+
+    content: bool = False
+    """Log the prompt as sent upstream (redacted by guardrails) and the answer text."""
+
+
 class LlmRouteSpec(KanalModel):
     """Desired state of an LlmRoute."""
 
@@ -266,6 +273,8 @@ class LlmRouteSpec(KanalModel):
     """Redaction, blocked patterns and input size caps."""
     access: Access | None = None
     """Who may call this route."""
+    logging: RequestLogging | None = None
+    """The request log: whether prompts and answers are logged (they are not by default)."""
 
 
 class ResolvedBackend(KanalModel):

@@ -210,6 +210,7 @@ def _compile_route(
         prompt=spec.prompt,
         guardrails=spec.guardrails,
         access=access,
+        log_content=bool(spec.logging and spec.logging.content),
     )
 
 

@@ -100,6 +100,8 @@ class RouteConfig(_Frozen):
     prompt: Prompt | None = None
     guardrails: Guardrails | None = None
     access: Access | None = None
+    log_content: bool = False
+    """LlmRoute.logging.content: the request log carries the prompt and the answer."""
 
 
 class ApiKey(_Frozen):
