@@ -82,11 +82,9 @@ def _cmd_version(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from kanal import local
     from kanal.gateway.settings import GatewaySettings
+    from kanal.gateway.telemetry._accesslog import configure_logging
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     if args.redis:
         logging.getLogger("kanal.up").warning(
             "state (limits, budgets, sessions, cache) in Redis at %s", _redact_url(args.redis)
@@ -108,11 +106,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from kanal.gateway import subscriber
+    from kanal.gateway.telemetry._accesslog import configure_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     # grpc and aiohttp are chatty at DEBUG; kanal's own lines are what -v is for
     for noisy in ("grpc", "aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO)
@@ -211,6 +207,13 @@ def _add_serving_flags(parser: argparse.ArgumentParser, *, host: str) -> None:
         action="store_true",
         help="when Redis is unreachable, admit requests without limit and budget checks "
         "(default: refuse them with 503)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="format of the log on stderr (default text); the request log (logger "
+        "kanal.access) is one JSON line per request either way",
     )
 
 
@@ -333,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.set_defaults(run=_cmd_gateway)
 
     _add_operator_parser(sub)
+    _add_usage_parser(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(run=_cmd_version)
@@ -502,6 +506,45 @@ def _add_operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     op.add_argument("-v", "--verbose", action="store_true", help="log more")
     op.set_defaults(run=_cmd_operator)
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from kanal.usage_cli import run_usage
+
+    return run_usage(args, os.environ)
+
+
+def _add_usage_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = sub.add_parser(
+        "usage",
+        help="usage and cost of your namespace, from a running gateway (GET /v1/usage)",
+        description="Print the usage (requests, tokens, cost, cache hits, errors) of the "
+        "caller's namespace, grouped, from a running gateway's GET /v1/usage.",
+    )
+    usage.add_argument(
+        "--url",
+        default=os.environ.get("KANAL_URL", "http://127.0.0.1:8080"),
+        help="the gateway (default $KANAL_URL, else http://127.0.0.1:8080)",
+    )
+    usage.add_argument(
+        "--api-key-env",
+        default="KANAL_API_KEY",
+        metavar="VAR",
+        help="environment variable holding your API key (default KANAL_API_KEY; none: "
+        "call without credentials)",
+    )
+    usage.add_argument(
+        "--by",
+        default="key",
+        metavar="GROUPS",
+        help="group by these, comma-separated: key, namespace, route, model, backend, day "
+        "(default key; '' for totals only)",
+    )
+    usage.add_argument("--since", metavar="YYYY-MM-DD", help="first UTC day (default today)")
+    usage.add_argument("--until", metavar="YYYY-MM-DD", help="last UTC day (default: --since)")
+    usage.add_argument("--route", metavar="NS/NAME", help="only this route")
+    usage.add_argument("--json", action="store_true", help="print the JSON answer as is")
+    usage.set_defaults(run=_cmd_usage)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

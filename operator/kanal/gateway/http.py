@@ -18,6 +18,7 @@ from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
 from kanal.gateway.service import Call, Caller, Gateway, Operation
 from kanal.gateway.telemetry import RequestRecord
+from kanal.gateway.usage_api import usage_summary
 
 log = logging.getLogger("kanal.gateway.http")
 Json = dict[str, Any]
@@ -250,6 +251,14 @@ class Handlers:
 
         return await self._authenticated_json(request, answer)
 
+    async def usage(self, request: web.Request) -> web.Response:
+        """GET /v1/usage: usage of the caller's namespace, grouped (see usage_api)."""
+
+        async def answer(caller: Caller) -> Json:
+            return await usage_summary(self.gateway, caller, request.query)
+
+        return await self._authenticated_json(request, answer)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -302,5 +311,6 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/spend", handlers.spend)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/v1/usage", handlers.usage)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
     return app

@@ -46,3 +46,15 @@ class GatewaySettings:
     """Alternatively, client-certificate credentials (tests, out-of-cluster runs)."""
     token_review_cache_seconds: float = 30.0
     """How long a TokenReview verdict is reused for the same token."""
+    # -- usage events (GET /v1/usage, kanal usage) -----------------------------------------
+    usage_key: str = "kanal:{usage}"
+    """Redis Stream of the usage events; the per-day aggregates live under ``<key>:day:``
+    (one hash tag: one Redis Cluster slot, so each batch is one MULTI/EXEC)."""
+    usage_stream_maxlen: int = 1_000_000
+    """Events kept in the Redis Stream (approximately: ``XADD MAXLEN ~``)."""
+    usage_memory_events: int = 10_000
+    """Events kept in memory when the gateway has no Redis (the aggregates are kept whole)."""
+    usage_queue_size: int = 10_000
+    """Events waiting to be written; beyond that they are dropped (counted and logged)."""
+    usage_retention_days: int = 400
+    """How long the per-day usage aggregates (what ``/v1/usage`` sums) are kept."""
