@@ -81,7 +81,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from kanal import local
-    from kanal.gateway.settings import GatewaySettings
+    from kanal.gateway.settings import GatewaySettings, otel_settings
     from kanal.gateway.telemetry._accesslog import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
@@ -91,6 +91,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )
     try:
         secrets = [local.env_secret(spec, os.environ) for spec in args.secret or []]
+        otel = otel_settings(os.environ)
     except ValueError as err:
         print(f"kanal up: {err}", file=sys.stderr)
         return 2
@@ -100,6 +101,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         redis_url=args.redis,
         redis_fail_open=args.redis_fail_open,
+        **otel,
     )
     return local.run(args.filename, settings, secrets)
 
@@ -128,7 +130,7 @@ def _gateway_settings(
     args: argparse.Namespace, environ: Mapping[str, str], sa_dir: Path
 ) -> tuple[GatewaySettings, SubscriberSettings]:
     """Flags, then the environment, then in-cluster defaults (the pod's ServiceAccount)."""
-    from kanal.gateway.settings import GatewaySettings
+    from kanal.gateway.settings import GatewaySettings, otel_settings
     from kanal.gateway.subscriber import TOKEN_ENV, SubscriberSettings
 
     in_cluster = (sa_dir / "token").is_file()
@@ -168,6 +170,7 @@ def _gateway_settings(
         kube_token_file=kube_token_file,
         kube_client_cert_file=args.kube_client_cert,
         kube_client_key_file=args.kube_client_key,
+        **otel_settings(environ),
     )
     subscriber_settings = SubscriberSettings(
         operator=args.operator,

@@ -18,6 +18,7 @@ from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
 from kanal.gateway.service import Call, Caller, Gateway, Operation
 from kanal.gateway.telemetry import RequestRecord
+from kanal.gateway.telemetry._metrics import exposition
 from kanal.gateway.usage_api import usage_summary
 
 log = logging.getLogger("kanal.gateway.http")
@@ -267,6 +268,15 @@ class Handlers:
             return web.Response(status=503, text="no routing snapshot loaded yet")
         return web.Response(text=f"ok {self.gateway.runtime.snapshot.version}")
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """GET /metrics: Prometheus text, unauthenticated like /healthz (labels are bounded
+        and carry no key ids or caller strings; restrict who can scrape with the network)."""
+        scraped = exposition(self.gateway.telemetry)
+        if scraped is None:
+            return web.Response(status=404, text="metrics are off")
+        body, content_type = scraped
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def not_found(self, request: web.Request) -> web.Response:
         err = GatewayError(404, f"unknown path {request.method} {request.path}", code="unknown_url")
         return _error_response(err, _request_id(request))
@@ -310,6 +320,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_delete("/v1/sessions/{session_id}", handlers.delete_session)
     app.router.add_get("/v1/spend", handlers.spend)
     app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/v1/usage", handlers.usage)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)

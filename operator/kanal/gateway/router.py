@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 from kanal.gateway.errors import GatewayError, from_upstream
 from kanal.gateway.providers.base import FailureKind, UpstreamError
 from kanal.gateway.runtime import BackendState, Runtime
+from kanal.gateway.spans import SpanKind, Tracer, current_span, genai_operation, genai_provider
 from kanal.snapshot import RouteConfig, Target, Tier
 
 T = TypeVar("T")
@@ -34,6 +35,15 @@ _RETRY_NAME = {
 }
 
 
+class AttemptRecord(NamedTuple):
+    """One upstream attempt, as routing saw it."""
+
+    backend: str
+    outcome: str
+    """``ok`` or the FailureKind value (5xx, timeout, rate-limited, connect-error, ...)."""
+    seconds: float
+
+
 @dataclass(slots=True)
 class Trace:
     """What routing did for one request."""
@@ -42,6 +52,8 @@ class Trace:
     model: str = ""
     attempts: int = 0
     upstream_seconds: float = 0.0
+    attempt_log: list[AttemptRecord] = field(default_factory=list)
+    """Every attempt in order (retries and fallbacks included), for metrics."""
     release: Callable[[], None] | None = None
     """For streams: frees the backend's concurrency slot once the stream ends."""
 
@@ -85,6 +97,33 @@ def _pick(
     return rng.choices(weighted, weights=weights)[0]
 
 
+def _attempt_attributes(
+    state: BackendState,
+    target: Target,
+    operation: str,
+    number: int,
+    tier_index: int,
+    tier: Tier,
+    retries: int,
+) -> dict[str, str | int | bool]:
+    """The GenAI client-span attributes of one upstream attempt, plus kanal's own."""
+    provider = genai_provider(state.config.provider)
+    attributes: dict[str, str | int | bool] = {
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,
+        "gen_ai.request.model": target.model,
+        "kanal.backend": target.backend,
+        "kanal.attempt": number,
+        "kanal.tier": tier_index,
+        "kanal.priority": tier.priority,
+        "kanal.retry": retries > 0,
+        "kanal.fallback": tier_index > 0,
+    }
+    if operation:
+        attributes["gen_ai.operation.name"] = genai_operation(operation)
+    return attributes
+
+
 def _earliest_recovery(tier: Tier, backends: dict[str, BackendState]) -> float | None:
     ends = [backends[t.backend].cooldown_until for t in tier.targets if t.backend in backends]
     return min(ends) if ends else None
@@ -96,12 +135,39 @@ class Router:
         self.rng = rng or random.Random()
 
     async def run(
-        self, route: RouteConfig, attempt: Attempt[T], trace: Trace, *, stream: bool = False
+        self,
+        route: RouteConfig,
+        attempt: Attempt[T],
+        trace: Trace,
+        *,
+        stream: bool = False,
+        operation: str = "",
     ) -> T:
         """Run ``attempt`` under the route's policy; GatewayError when nothing answered.
 
         With ``stream`` the backend's concurrency slot stays taken after success until
-        ``trace.done()`` (the stream's end)."""
+        ``trace.done()`` (the stream's end). ``operation`` (chat, completion, embeddings)
+        names the attempt spans when tracing is on."""
+        tracer = self.runtime.tracer
+        if tracer is None:
+            return await self._run(route, attempt, trace, stream, None, operation)
+        with current_span(tracer, "kanal.routing", attributes={"kanal.route": route.id}) as span:
+            try:
+                return await self._run(route, attempt, trace, stream, tracer, operation)
+            finally:
+                span.set_attribute("kanal.attempts", trace.attempts)
+                if trace.backend:
+                    span.set_attribute("kanal.backend", trace.backend)
+
+    async def _run(
+        self,
+        route: RouteConfig,
+        attempt: Attempt[T],
+        trace: Trace,
+        stream: bool,
+        tracer: Tracer | None,
+        operation: str,
+    ) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + route.timeout
         settings = self.runtime.settings
@@ -136,9 +202,28 @@ class Router:
                 trace.attempts += 1
                 started = loop.time()
                 try:
-                    result = await self._with_slot(state, target, attempt, deadline, trace, stream)
+                    slot = self._with_slot(state, target, attempt, deadline, trace, stream)
+                    if tracer is None:
+                        result = await slot
+                    else:
+                        with current_span(
+                            tracer,
+                            f"{operation} {target.model}".strip(),
+                            kind=SpanKind.CLIENT,
+                            attributes=_attempt_attributes(
+                                state, target, operation, trace.attempts, tier_index, tier, retries
+                            ),
+                        ) as span:
+                            try:
+                                result = await slot
+                            except UpstreamError as err:
+                                span.set_attribute("kanal.attempt.outcome", err.kind.value)
+                                raise
+                            span.set_attribute("kanal.attempt.outcome", "ok")
                 except UpstreamError as err:
-                    trace.upstream_seconds += loop.time() - started
+                    elapsed = loop.time() - started
+                    trace.upstream_seconds += elapsed
+                    trace.attempt_log.append(AttemptRecord(target.backend, err.kind.value, elapsed))
                     state.record_failure(err, loop.time(), settings)
                     last = err
                     if not _retryable(err, route):
@@ -147,7 +232,9 @@ class Router:
                     budget -= 1
                     retries += 1
                     continue
-                trace.upstream_seconds += loop.time() - started
+                elapsed = loop.time() - started
+                trace.upstream_seconds += elapsed
+                trace.attempt_log.append(AttemptRecord(target.backend, "ok", elapsed))
                 state.record_success()
                 trace.backend, trace.model = target.backend, target.model
                 return result

@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from kanal.gateway.providers import ADAPTERS
 from kanal.gateway.providers.base import FailureKind, ProviderAdapter, Upstream, UpstreamError
 from kanal.gateway.settings import GatewaySettings
+from kanal.gateway.spans import upstream_tracing
 from kanal.snapshot import BackendConfig, Snapshot
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("kanal.gateway")
 
@@ -40,6 +45,8 @@ class BackendState:
     failures: int = 0
     cooldown_until: float = 0.0
     in_flight: int = field(default=0)
+    cooldowns: int = 0
+    """Times this backend went into cooldown (a counter for /metrics)."""
 
     def record_success(self) -> None:
         self.failures = 0
@@ -47,11 +54,13 @@ class BackendState:
     def record_failure(self, err: UpstreamError, now: float, settings: GatewaySettings) -> None:
         if err.kind is FailureKind.RATE_LIMITED:
             pause = err.retry_after if err.retry_after is not None else settings.cooldown_seconds
+            self.cooldowns += self.cooldown_until <= now
             self.cooldown_until = max(self.cooldown_until, now + pause)
         elif err.kind in _BACKEND_FAULTS:
             self.failures += 1
             if self.failures >= settings.cooldown_after_failures:
                 self.failures = 0
+                self.cooldowns += self.cooldown_until <= now
                 self.cooldown_until = max(self.cooldown_until, now + settings.cooldown_seconds)
                 log.warning(
                     "backend %s cooling down for %.1fs after repeated failures",
@@ -71,6 +80,10 @@ class Runtime:
         self._closing: set[asyncio.Future[None]] = set()
         self.ready = False
         """True once a snapshot has been applied."""
+        self.tracer: Tracer | None = None
+        """Set by the tracing sink when tracing is on: the router, the policy chain and the
+        backends' sessions (``traceparent`` upstream) make spans with it. Set it before the
+        first snapshot is applied (sessions get their trace hook when they are made)."""
 
     async def apply(self, snapshot: Snapshot) -> None:
         """Start serving ``snapshot``. Never fails half-way: state is built first, then swapped."""
@@ -108,7 +121,11 @@ class Runtime:
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            trace_configs=[upstream_tracing()] if self.tracer is not None else None,
+        )
         upstream = Upstream(
             backend_id=config.id,
             base_url=config.base_url or "mock://",

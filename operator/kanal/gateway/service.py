@@ -28,6 +28,7 @@ from kanal.gateway.providers.base import (
 )
 from kanal.gateway.router import Router, Trace
 from kanal.gateway.runtime import BackendState, Runtime
+from kanal.gateway.spans import Tracer, current_span, traced
 from kanal.gateway.stores import Stores
 from kanal.gateway.telemetry import Telemetry, build_sinks
 from kanal.gateway.tokens import estimate_prompt, estimate_text
@@ -245,9 +246,12 @@ class Gateway:
         chain = self.chain(call.route)
         ran: list[Policy] = []
         outcome = call.outcome = Outcome()
+        tracer = self.runtime.tracer
         try:
             for policy in chain:
-                answer = await policy.before(call)
+                answer = await (
+                    policy.before(call) if tracer is None else _traced_before(tracer, policy, call)
+                )
                 ran.append(policy)
                 if answer is not None:
                     outcome.response, outcome.text = answer, text_of(answer)
@@ -274,7 +278,7 @@ class Gateway:
                 state.upstream, {**body, "model": target.model}, CallOptions(timeout=timeout)
             )
 
-        return await self.router.run(call.route, attempt, trace)
+        return await self.router.run(call.route, attempt, trace, operation=call.op)
 
     def _estimate(self, call: Call, text: str) -> Usage:
         prompt = call.estimated_prompt_tokens or estimate_prompt(call.op, call.body)
@@ -288,9 +292,18 @@ class Gateway:
         await asyncio.shield(task)
 
     async def _run_after(self, ran: list[Policy], call: Call, outcome: Outcome) -> None:
+        tracer = self.runtime.tracer
         for policy in reversed(ran):
             try:
-                await policy.after(call, outcome)
+                if tracer is None:
+                    await policy.after(call, outcome)
+                else:
+                    await traced(
+                        tracer,
+                        f"kanal.policy.{policy.name}",
+                        policy.after(call, outcome),
+                        {"kanal.policy.phase": "after"},
+                    )
             except Exception:  # one policy's trouble must not stop the others settling
                 log.exception("policy %s failed after request %s", policy.name, call.request_id)
 
@@ -300,9 +313,12 @@ class Gateway:
         protocol layer reports it in-stream); it never switches backends mid-answer."""
         chain = self.chain(call.route)
         ran: list[Policy] = []
+        tracer = self.runtime.tracer
         try:
             for policy in chain:
-                answer = await policy.before(call)
+                answer = await (
+                    policy.before(call) if tracer is None else _traced_before(tracer, policy, call)
+                )
                 ran.append(policy)
                 if answer is not None:
                     return self._replay(answer, call, ran)
@@ -344,7 +360,7 @@ class Gateway:
                 raise
             return first, chunks, state
 
-        return await self.router.run(call.route, attempt, trace, stream=True)
+        return await self.router.run(call.route, attempt, trace, stream=True, operation=call.op)
 
     async def _relay(
         self,
@@ -399,6 +415,17 @@ class Gateway:
             outcome.completed = True
         finally:
             await self._after(ran, call, outcome)
+
+
+async def _traced_before(tracer: Tracer, policy: Policy, call: Call) -> Json | None:
+    """A policy's ``before`` in a span ``kanal.policy.<name>`` (tracing on only)."""
+    with current_span(
+        tracer, f"kanal.policy.{policy.name}", attributes={"kanal.policy.phase": "before"}
+    ) as span:
+        answer = await policy.before(call)
+        if answer is not None:
+            span.set_attribute("kanal.policy.answered", True)  # the cache answered
+        return answer
 
 
 def _collect(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +63,49 @@ class GatewaySettings:
     """Events waiting to be written; beyond that they are dropped (counted and logged)."""
     usage_retention_days: int = 400
     """How long the per-day usage aggregates (what ``/v1/usage`` sums) are kept."""
+    # -- observability (OpenTelemetry; the CLI reads the standard OTEL_* variables) ------
+    traces_exporter: Literal["none", "otlp", "console"] = "none"
+    """OTEL_TRACES_EXPORTER: ``none`` builds no tracer at all (no cost on the hot path)."""
+    metrics_exporter: Literal["none", "otlp"] = "none"
+    """OTEL_METRICS_EXPORTER: ``otlp`` pushes the metrics also by OTLP (``/metrics`` always
+    serves them in Prometheus format)."""
+    otlp_endpoint: str | None = None
+    """OTEL_EXPORTER_OTLP_ENDPOINT: base URL (OTLP/HTTP); ``/v1/traces``, ``/v1/metrics``
+    are appended."""
+    otlp_traces_endpoint: str | None = None
+    """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: full URL for spans, wins over the base URL."""
+    otlp_metrics_endpoint: str | None = None
+    """OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: full URL for metrics, wins over the base URL."""
+    service_name: str = "kanal-gateway"
+    """OTEL_SERVICE_NAME."""
+    tracer_provider: TracerProvider | None = None
+    """A tracer provider to use instead of building one from the settings above (tests
+    pass one with an in-memory exporter); the gateway does not shut it down."""
+
+
+def otel_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """GatewaySettings fields from the standard OpenTelemetry variables (ValueError for a
+    value the gateway does not support). ``OTEL_SDK_DISABLED=true`` turns both off;
+    ``OTEL_METRICS_EXPORTER=prometheus`` means what ``/metrics`` always does."""
+
+    def exporter(name: str, allowed: tuple[str, ...]) -> str:
+        value = environ.get(name, "").strip().lower() or "none"
+        if value == "prometheus" and name == "OTEL_METRICS_EXPORTER":
+            value = "none"
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        return value
+
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return {
+        "traces_exporter": "none"
+        if disabled
+        else exporter("OTEL_TRACES_EXPORTER", ("none", "otlp", "console")),
+        "metrics_exporter": "none"
+        if disabled
+        else exporter("OTEL_METRICS_EXPORTER", ("none", "otlp")),
+        "otlp_endpoint": environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        "otlp_traces_endpoint": environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None,
+        "otlp_metrics_endpoint": environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or None,
+        "service_name": environ.get("OTEL_SERVICE_NAME") or "kanal-gateway",
+    }

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from kanal.gateway.telemetry._accesslog import AccessLogSink
 from kanal.gateway.telemetry._hub import Sink
+from kanal.gateway.telemetry._metrics import build_metrics
+from kanal.gateway.telemetry._tracing import build_tracing
 from kanal.gateway.telemetry._usage import UsageSink
 from kanal.gateway.telemetry._usage import store_for as usage_store_for
 
@@ -19,6 +21,10 @@ def build_sinks(runtime: Runtime, stores: Stores) -> list[Sink]:
     first, opens the request span before the others start and ends it after they finish)."""
     sinks: list[Sink] = []
     # tracing (first), metrics, usage events, request log
+    tracing = build_tracing(runtime)  # None when OTEL_TRACES_EXPORTER=none: no cost at all
+    if tracing is not None:
+        sinks.append(tracing)
+    sinks.append(build_metrics(runtime))
     sinks.append(
         UsageSink(
             runtime,

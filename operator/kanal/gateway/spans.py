@@ -1,0 +1,120 @@
+"""Span helpers for the request path (router, service, upstream sessions).
+
+Only used when tracing is on: callers hold ``tracer: Tracer | None`` and check ``is None``
+before touching anything here, so with tracing off no OpenTelemetry call is made per request.
+(The tracing sink itself, which opens and closes the request span, is
+``kanal.gateway.telemetry._tracing``; this module stays outside that package because the
+router imports it and the telemetry package imports the router.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Iterator
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import aiohttp
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = [
+    "W3C",
+    "Span",
+    "SpanKind",
+    "Tracer",
+    "current_span",
+    "error_type",
+    "genai_operation",
+    "genai_provider",
+    "traced",
+    "upstream_tracing",
+]
+
+W3C = TraceContextTextMapPropagator()
+"""``traceparent``/``tracestate``: what callers send and upstreams receive."""
+
+T = TypeVar("T")
+ERROR_TYPE = "error.type"
+
+_PROVIDER_NAME = {"gemini": "gcp.gemini", "azure-openai": "azure.ai.openai"}
+_OPERATION_NAME = {"completion": "text_completion"}
+
+
+def genai_provider(provider: str) -> str:
+    """kanal's provider name -> ``gen_ai.provider.name`` (the GenAI semantic conventions'
+    well-known values; openai and anthropic are the same, openai-compatible and mock stay)."""
+    return _PROVIDER_NAME.get(provider, provider)
+
+
+def genai_operation(operation: str) -> str:
+    """chat, completion, embeddings -> ``gen_ai.operation.name`` (chat, text_completion,
+    embeddings)."""
+    return _OPERATION_NAME.get(operation, operation)
+
+
+def error_type(exc: BaseException) -> str:
+    """A low-cardinality name for a failure: the gateway's error code, the upstream failure
+    kind, or the exception's class."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code  # GatewayError
+    kind = getattr(exc, "kind", None)
+    if kind is not None and isinstance(getattr(kind, "value", None), str):
+        return str(kind.value)  # UpstreamError: 5xx, timeout, rate-limited, ...
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return str(status)
+    return type(exc).__qualname__
+
+
+def mark_error(span: Span, kind: str) -> None:
+    span.set_status(StatusCode.ERROR, kind)
+    span.set_attribute(ERROR_TYPE, kind)
+
+
+@contextlib.contextmanager
+def current_span(
+    tracer: Tracer,
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A child of the current span, current itself inside the block (so upstream requests
+    made in it carry it as their parent); an exception marks it failed with ``error.type``."""
+    span = tracer.start_span(name, kind=kind, attributes=attributes)
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    except BaseException as exc:
+        mark_error(span, error_type(exc))
+        raise
+    finally:
+        context.detach(token)
+        span.end()
+
+
+async def traced(
+    tracer: Tracer, name: str, work: Awaitable[T], attributes: dict[str, Any] | None = None
+) -> T:
+    """Await ``work`` inside a span of its own."""
+    with current_span(tracer, name, attributes=attributes):
+        return await work
+
+
+async def _inject(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+) -> None:
+    W3C.inject(params.headers)  # the current context: the attempt span
+
+
+def upstream_tracing() -> aiohttp.TraceConfig:
+    """For the backends' client sessions: every upstream request carries ``traceparent``."""
+    config = aiohttp.TraceConfig()
+    config.on_request_start.append(_inject)
+    return config
