@@ -19,6 +19,10 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from gwkit import TEST_SETTINGS, gateway_with, snapshot_from_yaml
 from harness.procs import Proc, free_ports, wait_until
@@ -242,6 +246,45 @@ def test_refused_callers_and_grpc(logged: Any) -> None:
     via_grpc = by_id["req-grpc"]
     assert via_grpc["protocol"] == "grpc" and via_grpc["status"] == 200
     assert via_grpc["output_tokens"] == answers["grpc"].usage.completion_tokens
+
+
+def test_the_line_carries_the_request_span_ids() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    access = logging.getLogger(ACCESS_LOGGER)
+    keep = Keep()
+    access.addHandler(keep)
+    saved = access.level
+    access.setLevel(logging.INFO)
+
+    async def main() -> None:
+        settings = replace(TEST_SETTINGS, anonymous_tenant=None, tracer_provider=provider)
+        snapshot = snapshot_from_yaml(OBJECTS)
+        async with gateway_with(snapshot, settings) as running, aiohttp.ClientSession() as s:
+            async with s.post(
+                f"http://127.0.0.1:{running.http_port}/v1/chat/completions",
+                json={"model": "quiet", "messages": [{"role": "user", "content": "x"}]},
+                headers={"Authorization": f"Bearer {KEY}", "x-request-id": "req-traced"},
+            ) as r:
+                assert r.status == 200
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        access.removeHandler(keep)
+        access.setLevel(saved)
+    (line,) = [json.loads(r.getMessage()) for r in records]
+    (server,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert server.context is not None
+    assert line["trace_id"] == f"{server.context.trace_id:032x}"
+    assert line["span_id"] == f"{server.context.span_id:016x}"
 
 
 # -- offline: trace ids, cut content, the formatter -------------------------------------
