@@ -266,13 +266,11 @@ def test_the_line_carries_the_request_span_ids() -> None:
 
     async def main() -> None:
         settings = replace(TEST_SETTINGS, anonymous_tenant=None, tracer_provider=provider)
-        snapshot = snapshot_from_yaml(OBJECTS)
-        async with gateway_with(snapshot, settings) as running, aiohttp.ClientSession() as s:
-            async with s.post(
-                f"http://127.0.0.1:{running.http_port}/v1/chat/completions",
-                json={"model": "quiet", "messages": [{"role": "user", "content": "x"}]},
-                headers={"Authorization": f"Bearer {KEY}", "x-request-id": "req-traced"},
-            ) as r:
+        async with gateway_with(snapshot_from_yaml(OBJECTS), settings) as running:
+            url = f"http://127.0.0.1:{running.http_port}/v1/chat/completions"
+            body = {"model": "quiet", "messages": [{"role": "user", "content": "x"}]}
+            headers = {"Authorization": f"Bearer {KEY}", "x-request-id": "req-traced"}
+            async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
                 assert r.status == 200
 
     try:
