@@ -80,7 +80,10 @@ def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.stealth = True
     settings.peering.mandatory = config.peering == "on"
     settings.peering.standalone = config.peering == "off"
-    # Kubernetes Events only for warnings and errors: no Event per successful handler
+    # Kubernetes Events only for warnings and errors: no Event per successful handler.
+    # Newer kopf (1.45) posts log messages as Events only when asked to (posting.loggers;
+    # older ones always did and ignore the attribute).
+    settings.posting.loggers = True
     settings.posting.level = logging.WARNING
     # watches reconnect well before a silent connection could go stale
     settings.watching.server_timeout = 300
