@@ -375,3 +375,18 @@ def test_bad_values_are_rejected(helm_bin: Path, args: list[str], words: list[st
     assert proc.returncode != 0, f"accepted {args}"
     for word in words:
         assert word in proc.stderr, proc.stderr
+
+
+def test_readme_snapshot_token_values(helm_bin: Path, tmp_path: Path) -> None:
+    """The README's "On a cluster" values for a shared snapshot token and the NetworkPolicy
+    render: both Deployments read KANAL_SNAPSHOT_TOKEN from the Secret."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("cat > snapshot-token.yaml <<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    values = tmp_path / "snapshot-token.yaml"
+    values.write_text(block)
+    objs = render(helm_bin, "kanal", "-f", str(values))
+    ref = {"secretKeyRef": {"name": "kanal-snapshot-token", "key": "token"}}
+    for name in ("kanal-operator", "kanal-gateway"):
+        assert env_of(container(objs, "Deployment", name))["KANAL_SNAPSHOT_TOKEN"] == ref
+    policy = by_kind(objs)[("NetworkPolicy", "kanal-operator")]["spec"]["ingress"][0]
+    assert policy["ports"] == [{"port": "snapshot", "protocol": "TCP"}]
