@@ -16,7 +16,14 @@ from typing import NamedTuple, TypeVar
 from kanal.gateway.errors import GatewayError, from_upstream
 from kanal.gateway.providers.base import FailureKind, UpstreamError
 from kanal.gateway.runtime import BackendState, Runtime
-from kanal.gateway.spans import SpanKind, Tracer, current_span, genai_operation, genai_provider
+from kanal.gateway.spans import (
+    SpanKind,
+    Tracer,
+    current_span,
+    genai_operation,
+    genai_provider,
+    recording,
+)
 from kanal.snapshot import RouteConfig, Target, Tier
 
 T = TypeVar("T")
@@ -149,6 +156,8 @@ class Router:
         ``trace.done()`` (the stream's end). ``operation`` (chat, completion, embeddings)
         names the attempt spans when tracing is on."""
         tracer = self.runtime.tracer
+        if tracer is not None:
+            tracer = recording(tracer)
         if tracer is None:
             return await self._run(route, attempt, trace, stream, None, operation)
         with current_span(tracer, "kanal.routing", attributes={"kanal.route": route.id}) as span:

@@ -28,7 +28,7 @@ from kanal.gateway.providers.base import (
 )
 from kanal.gateway.router import Router, Trace
 from kanal.gateway.runtime import BackendState, Runtime
-from kanal.gateway.spans import Tracer, current_span, traced
+from kanal.gateway.spans import Tracer, current_span, recording, traced
 from kanal.gateway.stores import Stores
 from kanal.gateway.telemetry import Telemetry, build_sinks
 from kanal.gateway.tokens import estimate_prompt, estimate_text
@@ -247,6 +247,8 @@ class Gateway:
         ran: list[Policy] = []
         outcome = call.outcome = Outcome()
         tracer = self.runtime.tracer
+        if tracer is not None:
+            tracer = recording(tracer)
         try:
             for policy in chain:
                 answer = await (
@@ -293,6 +295,8 @@ class Gateway:
 
     async def _run_after(self, ran: list[Policy], call: Call, outcome: Outcome) -> None:
         tracer = self.runtime.tracer
+        if tracer is not None:
+            tracer = recording(tracer)
         for policy in reversed(ran):
             try:
                 if tracer is None:
@@ -314,6 +318,8 @@ class Gateway:
         chain = self.chain(call.route)
         ran: list[Policy] = []
         tracer = self.runtime.tracer
+        if tracer is not None:
+            tracer = recording(tracer)
         try:
             for policy in chain:
                 answer = await (

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -29,6 +30,8 @@ __all__ = [
     "error_type",
     "genai_operation",
     "genai_provider",
+    "recording",
+    "shutdown_within",
     "traced",
     "upstream_tracing",
 ]
@@ -70,6 +73,29 @@ def error_type(exc: BaseException) -> str:
     if isinstance(status, int):
         return str(status)
     return type(exc).__qualname__
+
+
+def recording(tracer: Tracer) -> Tracer | None:
+    """``tracer`` when the current request is traced, None when it was sampled out (its
+    children would be sampled out too: no child spans then; upstreams still get the
+    request's own ``traceparent``, with its not-sampled flag)."""
+    return tracer if trace.get_current_span().is_recording() else None
+
+
+def shutdown_within(stop: Callable[[], object], seconds: float) -> Awaitable[bool]:
+    """Run a blocking ``shutdown`` (a flush that may retry against an unreachable
+    collector) in a daemon thread; wait at most ``seconds`` for it, so stopping the gateway
+    is never held up by telemetry."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            stop()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="kanal-otel-shutdown", daemon=True).start()
+    return asyncio.get_running_loop().run_in_executor(None, done.wait, seconds)
 
 
 def mark_error(span: Span, kind: str) -> None:

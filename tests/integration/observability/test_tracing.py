@@ -16,6 +16,7 @@ import orjson
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fakes import FakeOpenAI, Fault
@@ -405,5 +406,32 @@ def test_tracing_off_builds_no_tracer_and_sends_no_traceparent() -> None:
                 ) as r:
                     assert r.status == 200
                 assert a.requests[0].header("traceparent") is None
+
+    run(check)
+
+
+def test_sampled_out_request_makes_no_spans_but_passes_the_decision_upstream() -> None:
+    async def check() -> None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        async with FakeOpenAI() as a:
+            snapshot = snapshot_from_yaml(backend("a", a.url) + route([("a", 0)]))
+            settings = replace(TEST_SETTINGS, tracer_provider=provider)
+            async with (
+                gateway_with(snapshot, settings) as running,
+                aiohttp.ClientSession() as http,
+            ):
+                not_sampled = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"
+                async with http.post(
+                    f"http://127.0.0.1:{running.http_port}/v1/chat/completions",
+                    json=chat(),
+                    headers={"traceparent": not_sampled},
+                ) as r:
+                    assert r.status == 200
+            assert not exporter.get_finished_spans()
+            sent = a.requests[0].header("traceparent")
+            assert sent is not None
+            assert sent.startswith(f"00-{CALLER_TRACE}-") and sent.endswith("-00")
 
     run(check)

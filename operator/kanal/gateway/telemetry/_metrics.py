@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from kanal.gateway.spans import shutdown_within
 from kanal.gateway.telemetry._record import RequestRecord
 
 if TYPE_CHECKING:
@@ -382,8 +383,8 @@ class MetricsSink:
         return generate_latest(self.registry)
 
     async def close(self) -> None:
-        if self.meter_provider is not None:  # the last export; blocking, so off the loop
-            await asyncio.to_thread(self.meter_provider.shutdown)
+        if self.meter_provider is not None:  # the last export: off the loop, never for long
+            await shutdown_within(self.meter_provider.shutdown, 5.0)
 
 
 def _context_size(turn: Any) -> tuple[int, int] | None:

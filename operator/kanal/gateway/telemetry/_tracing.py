@@ -13,7 +13,6 @@ With ``OTEL_TRACES_EXPORTER=none`` (the default) there is no tracer at all: no s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import SpanKind, StatusCode
 
 import kanal
-from kanal.gateway.spans import W3C, genai_operation, genai_provider
+from kanal.gateway.spans import W3C, genai_operation, genai_provider, shutdown_within
 from kanal.gateway.telemetry._record import RequestRecord
 
 if TYPE_CHECKING:
@@ -159,8 +158,8 @@ class TracingSink:
             span.set_attribute("error.type", "client_disconnected")
 
     async def close(self) -> None:
-        if self.owned:  # flushes the batch; blocking, so off the loop
-            await asyncio.to_thread(self.provider.shutdown)
+        if self.owned:  # flushes the batch: off the loop, and never for long
+            await shutdown_within(self.provider.shutdown, 5.0)
 
 
 def build_tracing(runtime: Runtime) -> TracingSink | None:
