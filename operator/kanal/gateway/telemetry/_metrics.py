@@ -370,10 +370,7 @@ class MetricsSink:
             if cost:
                 self.cost.add(cost, route, namespace, backend)
         if record.trace.attempts:
-            end = record.first_chunk if record.first_chunk is not None else record.ended
-            if end is not None:
-                gateway = end - record.started - record.trace.upstream_seconds
-                self.overhead.observe(max(0.0, gateway), protocol, op, route)
+            self.overhead.observe(record.overhead, protocol, op, route)
         context = _context_size(call.state.get("context"))
         if context is not None:
             self.context_messages.observe(context[0], route, namespace)

@@ -72,8 +72,11 @@ class RequestRecord:
 
     @property
     def overhead(self) -> float:
-        """Gateway time: total minus the upstream's (retries' upstream time included)."""
-        return max(0.0, self.duration - self.trace.upstream_seconds)
+        """Gateway time: until the answer (a stream's first chunk: relaying the rest is the
+        upstream's pace, not ours) minus the upstream's time, retries included."""
+        end = self.first_chunk if self.first_chunk is not None else self.ended
+        elapsed = (end if end is not None else time.perf_counter()) - self.started
+        return max(0.0, elapsed - self.trace.upstream_seconds)
 
     @property
     def status(self) -> int:
