@@ -169,8 +169,21 @@ def test_defaults_render(helm_bin: Path) -> None:
         "--grpc-port=9090",
         "--snapshot-namespace=kanal",
         "--redis=$(KANAL_REDIS_URL)",
+        "--log-format=json",
     ]
-    assert env_of(gw)["KANAL_REDIS_URL"] == "redis://kanal-redis.kanal.svc:6379/0"
+    gw_env = env_of(gw)
+    assert gw_env["KANAL_REDIS_URL"] == "redis://kanal-redis.kanal.svc:6379/0"
+    # tracing off by default: the gateway builds no tracer at all
+    assert gw_env["OTEL_TRACES_EXPORTER"] == "none"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in gw_env
+    annotations = objects[("Deployment", "kanal-gateway")]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+        "8080",
+        "/metrics",
+    )
     assert gw["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert gw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     svc = objects[("Service", "kanal-gateway")]["spec"]
@@ -256,6 +269,16 @@ def test_custom_values_render(helm_bin: Path) -> None:
     assert "--operator=acme-operator.prod.svc:9555" in gw["args"]
     assert "--port=8000" in gw["args"] and "--grpc-port=9000" in gw["args"]
     assert "--anonymous-tenant=team-a" in gw["args"]
+    assert "--log-format=text" in gw["args"]
+    gw_env = env_of(gw)
+    assert gw_env["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert gw_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert (gw_env["OTEL_TRACES_SAMPLER"], gw_env["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.25",
+    )
+    gw_pod = objects[("Deployment", "acme-gateway")]["spec"]["template"]["metadata"]
+    assert not any(k.startswith("prometheus.io/") for k in gw_pod["annotations"])
     assert env_of(gw)["KANAL_REDIS_URL"] == {
         "secretKeyRef": {"name": "acme-redis-url", "key": "url"}
     }
@@ -363,6 +386,13 @@ BAD_VALUES = [
     (
         ["--set", "gateway.podDisruptionBudget.maxUnavailable=1"],
         ["exactly one of minAvailable and maxUnavailable"],
+    ),
+    (["--set", "gateway.tracing.exporter=jaeger"], ["tracing", "exporter", "otlp"]),
+    (["--set", "gateway.tracing.sampleRatio=2"], ["sampleRatio"]),
+    (["--set", "gateway.logFormat=xml"], ["logFormat"]),
+    (
+        ["--set", "gateway.tracing.exporter=otlp"],
+        ["gateway.tracing.endpoint is required when gateway.tracing.exporter is otlp"],
     ),
 ]
 
