@@ -33,6 +33,7 @@ from kanal.gateway.telemetry import RequestRecord
 from kanal.gateway.telemetry._accesslog import (
     ACCESS_LOGGER,
     CONTENT_MAX_CHARS,
+    AccessLogSink,
     JsonFormatter,
     access_fields,
     configure_logging,
@@ -343,6 +344,32 @@ def test_configure_logging_writes_access_lines_as_json_whatever_the_level() -> N
         access.info('{"request_id":"r1"}', extra={"kanal_access": {"request_id": "r1"}})
         stop_logging()
         assert out.getvalue() == '{"request_id":"r1"}\n'
+    finally:
+        stop_logging()
+        access.handlers[:], access.level, access.propagate = saved
+        root.handlers[:], root.level = saved_root
+
+
+def test_configured_request_log_batches_drops_beyond_its_bound_and_says_so() -> None:
+    """With the CLI's handler the sink writes lines in order, in batches, off the event loop;
+    a stuck stderr costs at most ``max_pending`` lines, and the loss is reported."""
+    out = io.StringIO()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = (access.handlers[:], access.level, access.propagate)
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    sink = AccessLogSink(Runtime(GatewaySettings()))
+    try:
+        configure_logging(logging.WARNING, "text", stream=out, max_pending=3)
+        for n in range(5):  # faster than the writer's 0.1 s tick: 2 of 5 over the bound
+            record = RequestRecord("http", "chat", f"req-{n}")
+            record.ended = record.started
+            sink.finish(record)
+        stop_logging()
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [line.get("request_id") for line in lines[:3]] == ["req-0", "req-1", "req-2"]
+        assert lines[3] == {"logger": ACCESS_LOGGER, "level": "warning", "dropped_lines": 2}
+        assert len(lines) == 4
     finally:
         stop_logging()
         access.handlers[:], access.level, access.propagate = saved

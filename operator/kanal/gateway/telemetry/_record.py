@@ -54,6 +54,8 @@ class RequestRecord:
     """The request's tracing span (None when tracing is off)."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-sink scratch space (e.g. the context token of the request span)."""
+    _cost: float | None = None
+    """cost_usd once the request ended (several sinks ask for it)."""
 
     # -- derived, read by the sinks ------------------------------------------------------
 
@@ -137,6 +139,14 @@ class RequestRecord:
     def cost_usd(self, snapshot: Snapshot) -> float:
         """What the answer cost at the prices of the backend and model that produced it;
         cached answers and answers without usage cost nothing."""
+        if self._cost is not None:
+            return self._cost
+        cost = self._price(snapshot)
+        if self.ended is not None:  # final: the sinks read it one after the other
+            self._cost = cost
+        return cost
+
+    def _price(self, snapshot: Snapshot) -> float:
         usage = self.usage
         if usage is None or self.cached or not self.backend or not self.model:
             return 0.0
