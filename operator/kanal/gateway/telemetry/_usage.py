@@ -67,6 +67,8 @@ NANO = 1_000_000_000
 """Costs are summed in integer nano-USD: exact, no float drift."""
 BATCH = 512
 """Most events written in one pipeline."""
+LINGER = 0.05
+"""Seconds the writer waits after the first queued event for more to join its batch."""
 LOG_EVERY = 10.0
 """Seconds between two warnings about dropped events."""
 SEP = "\x1f"
@@ -550,6 +552,9 @@ class UsageSink:
         assert wake is not None and progress is not None
         while True:
             await wake.wait()
+            if len(self._queue) < BATCH:
+                # let a batch gather: one wake-up per LINGER under load, not one per request
+                await asyncio.sleep(LINGER)
             wake.clear()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
