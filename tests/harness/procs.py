@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +36,11 @@ def free_ports(count: int) -> list[int]:
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# util-linux's setpriv sets PR_SET_PDEATHSIG and then execs the command (same pid). Preferred
+# to a preexec_fn: that forces a plain fork() running Python in the child before exec, and
+# with gRPC threads alive in pytest (snapshot servers, gateways) the child sometimes hung
+# there for good (its only output a gRPC "epoll_wait error: Bad file descriptor" line).
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 def _die_with_parent() -> None:
@@ -42,6 +48,13 @@ def _die_with_parent() -> None:
     # spawned it ends, so children never outlive a killed pytest.
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _spawn_args(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command line and preexec_fn that make the child die with its parent."""
+    if _SETPRIV is not None:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, _die_with_parent
 
 
 class Proc:
@@ -53,14 +66,15 @@ class Proc:
         self.name = name
         self.argv = list(argv)
         self.log = log
+        command, preexec = _spawn_args(self.argv)
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
-                self.argv,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
-                preexec_fn=_die_with_parent,
+                preexec_fn=preexec,
             )
 
     @property
