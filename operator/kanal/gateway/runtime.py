@@ -16,7 +16,6 @@ import aiohttp
 from kanal.gateway.providers import ADAPTERS
 from kanal.gateway.providers.base import FailureKind, ProviderAdapter, Upstream, UpstreamError
 from kanal.gateway.settings import GatewaySettings
-from kanal.gateway.spans import upstream_tracing
 from kanal.snapshot import BackendConfig, Snapshot
 
 if TYPE_CHECKING:
@@ -121,11 +120,7 @@ class Runtime:
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=True,
-            trace_configs=[upstream_tracing()] if self.tracer is not None else None,
-        )
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         upstream = Upstream(
             backend_id=config.id,
             base_url=config.base_url or "mock://",
@@ -133,6 +128,7 @@ class Runtime:
             api_key=config.api_key.get_secret_value() if config.api_key else None,
             api_version=config.api_version,
             connect_timeout=config.connect_timeout,
+            propagate_trace=self.tracer is not None,
         )
         slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         return BackendState(config, ADAPTERS[config.provider], upstream, slots)

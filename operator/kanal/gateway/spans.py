@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
-import aiohttp
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -33,7 +31,6 @@ __all__ = [
     "recording",
     "shutdown_within",
     "traced",
-    "upstream_tracing",
 ]
 
 W3C = TraceContextTextMapPropagator()
@@ -131,16 +128,3 @@ async def traced(
     """Await ``work`` inside a span of its own."""
     with current_span(tracer, name, attributes=attributes):
         return await work
-
-
-async def _inject(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestStartParams
-) -> None:
-    W3C.inject(params.headers)  # the current context: the attempt span
-
-
-def upstream_tracing() -> aiohttp.TraceConfig:
-    """For the backends' client sessions: every upstream request carries ``traceparent``."""
-    config = aiohttp.TraceConfig()
-    config.on_request_start.append(_inject)
-    return config

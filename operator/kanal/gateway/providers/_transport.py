@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 import orjson
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .base import (
     CallOptions,
@@ -184,6 +185,20 @@ def loads_object(up: Upstream, raw: bytes | str, what: str = "response") -> Json
 # -- requests --------------------------------------------------------------------------------
 
 
+_W3C = TraceContextTextMapPropagator()
+
+
+def _outgoing(up: Upstream, headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The request headers, plus ``traceparent`` of the current span (the attempt's) when
+    tracing is on. Done here, not with an aiohttp TraceConfig: that costs every request
+    the signal machinery of all its trace events."""
+    if not up.propagate_trace:
+        return headers
+    out = dict(headers)
+    _W3C.inject(out)
+    return out
+
+
 async def post_json(
     up: Upstream,
     url: str,
@@ -197,7 +212,7 @@ async def post_json(
     responded = False
     try:
         async with up.session.post(
-            url, data=orjson.dumps(payload), headers=headers, timeout=timeout
+            url, data=orjson.dumps(payload), headers=_outgoing(up, headers), timeout=timeout
         ) as resp:
             responded = True
             raw = await resp.read()
@@ -225,7 +240,7 @@ async def post_sse(
     responded = False
     try:
         async with up.session.post(
-            url, data=orjson.dumps(payload), headers=headers, timeout=timeout
+            url, data=orjson.dumps(payload), headers=_outgoing(up, headers), timeout=timeout
         ) as resp:
             responded = True
             if resp.status >= 300:

@@ -71,6 +71,8 @@ class Upstream:
     api_key: str | None = field(default=None, repr=False)
     api_version: str | None = None
     connect_timeout: float = 5.0
+    propagate_trace: bool = False
+    """Send the current trace context upstream as ``traceparent`` (tracing is on)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,8 @@ class TracingSink:
         if span is None:
             return
         try:
-            self._annotate(span, record)
+            if span.is_recording():  # a request sampled out has nothing to annotate
+                self._annotate(span, record)
         finally:
             token = record.scratch.pop(_TOKEN, None)
             if token is not None:
