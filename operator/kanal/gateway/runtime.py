@@ -80,9 +80,9 @@ class Runtime:
         self.ready = False
         """True once a snapshot has been applied."""
         self.tracer: Tracer | None = None
-        """Set by the tracing sink when tracing is on: the router, the policy chain and the
-        backends' sessions (``traceparent`` upstream) make spans with it. Set it before the
-        first snapshot is applied (sessions get their trace hook when they are made)."""
+        """Set by the tracing sink when tracing is on: the router and the policy chain make
+        spans with it, and upstream requests carry ``traceparent``. Set it before the first
+        snapshot is applied (each backend's Upstream is told so when it is made)."""
 
     async def apply(self, snapshot: Snapshot) -> None:
         """Start serving ``snapshot``. Never fails half-way: state is built first, then swapped."""
