@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
@@ -209,7 +210,9 @@ class Router:
                     delay = route.retry.backoff * (2 ** (retries - 1)) * self.rng.uniform(0.5, 1.5)
                     await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
                 trace.attempts += 1
-                started = loop.time()
+                # perf_counter, not loop.time(): uvloop's clock is the iteration's cached
+                # millisecond, too coarse for upstream time (and so gateway overhead)
+                started = time.perf_counter()
                 try:
                     slot = self._with_slot(state, target, attempt, deadline, trace, stream)
                     if tracer is None:
@@ -230,7 +233,7 @@ class Router:
                                 raise
                             span.set_attribute("kanal.attempt.outcome", "ok")
                 except UpstreamError as err:
-                    elapsed = loop.time() - started
+                    elapsed = time.perf_counter() - started
                     trace.upstream_seconds += elapsed
                     trace.attempt_log.append(AttemptRecord(target.backend, err.kind.value, elapsed))
                     state.record_failure(err, loop.time(), settings)
@@ -241,7 +244,7 @@ class Router:
                     budget -= 1
                     retries += 1
                     continue
-                elapsed = loop.time() - started
+                elapsed = time.perf_counter() - started
                 trace.upstream_seconds += elapsed
                 trace.attempt_log.append(AttemptRecord(target.backend, "ok", elapsed))
                 state.record_success()
