@@ -82,7 +82,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from kanal import local
     from kanal.gateway.settings import GatewaySettings, otel_settings
-    from kanal.gateway.telemetry._accesslog import configure_logging
+    from kanal.gateway.telemetry import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     if args.redis:
@@ -108,7 +108,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from kanal.gateway import subscriber
-    from kanal.gateway.telemetry._accesslog import configure_logging
+    from kanal.gateway.telemetry import configure_logging
 
     configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     # grpc and aiohttp are chatty at DEBUG; kanal's own lines are what -v is for

@@ -17,8 +17,7 @@ from kanal.gateway.errors import GatewayError, from_upstream
 from kanal.gateway.providers.base import UpstreamError
 from kanal.gateway.router import Trace
 from kanal.gateway.service import Call, Caller, Gateway, Operation
-from kanal.gateway.telemetry import RequestRecord
-from kanal.gateway.telemetry._metrics import exposition
+from kanal.gateway.telemetry import RequestRecord, exposition
 from kanal.gateway.usage_api import usage_summary
 
 log = logging.getLogger("kanal.gateway.http")

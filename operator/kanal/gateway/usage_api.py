@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from kanal.gateway.errors import GatewayError
 from kanal.gateway.policy._limits_common import REDIS_ERRORS
-from kanal.gateway.telemetry._usage import GROUPS, UsageSink
+from kanal.gateway.telemetry import USAGE_GROUPS as GROUPS
+from kanal.gateway.telemetry import UsageSink
 
 if TYPE_CHECKING:
     from multidict import MultiMapping
