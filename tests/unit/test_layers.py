@@ -117,3 +117,41 @@ def test_checker_catches_a_violation(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "kanal.gateway.up imports kanal_functions.prompt",
         "kanal_functions.leak imports kanal.gateway.service",
     ]
+
+
+def _private_violations() -> list[str]:
+    """Imports of a package's private module (``pkg._mod``) from outside ``pkg``."""
+    out = []
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path, PACKAGE)
+        if module.startswith("kanal.v1"):  # protoc's output
+            continue
+        for imported in _imports(path):
+            if not imported.startswith("kanal."):
+                continue
+            parts = imported.split(".")
+            for i, part in enumerate(parts):
+                if part.startswith("_") and not part.startswith("__") and i > 0:
+                    owner = ".".join(parts[:i])
+                    if module != owner and not module.startswith(owner + "."):
+                        out.append(f"{module} imports {imported}")
+                    break
+    return out
+
+
+def test_private_modules_stay_behind_their_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_``-modules are reached through their package's public names only."""
+    assert _private_violations() == []
+    fake = tmp_path / "kanal"
+    (fake / "gateway" / "telemetry").mkdir(parents=True)
+    (fake / "gateway" / "telemetry" / "_sink.py").write_text("from kanal.gateway._a import b\n")
+    (fake / "cli.py").write_text("from kanal.gateway.telemetry._sink import x\n")
+    monkeypatch.setitem(globals(), "PACKAGE", fake)
+    (fake / "controller").mkdir()
+    (fake / "controller" / "run.py").write_text("import kanal.gateway._a\n")
+    assert sorted(_private_violations()) == [
+        "kanal.cli imports kanal.gateway.telemetry._sink",
+        "kanal.controller.run imports kanal.gateway._a",
+    ]

@@ -11,10 +11,14 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from kanal.gateway.settings import GatewaySettings
 
 log = logging.getLogger("kanal.gateway")
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+"""What counts as "Redis unreachable": connection, timeout, and any error the server sent."""
 
 
 @dataclass

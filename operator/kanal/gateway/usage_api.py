@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kanal.gateway.errors import GatewayError
-from kanal.gateway.policy._limits_common import REDIS_ERRORS
+from kanal.gateway.stores import REDIS_ERRORS
 from kanal.gateway.telemetry import USAGE_GROUPS as GROUPS
 from kanal.gateway.telemetry import UsageSink
 

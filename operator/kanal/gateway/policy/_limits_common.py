@@ -22,8 +22,6 @@ from redis.exceptions import RedisError
 if TYPE_CHECKING:
     from kanal.gateway.policy.base import Call
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-"""What counts as "Redis unreachable": connection, timeout, and any error the server sent."""
 
 LOG_EVERY = 10.0
 """Seconds between two warnings about Redis being unreachable (per policy)."""

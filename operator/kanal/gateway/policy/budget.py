@@ -44,7 +44,6 @@ from kanal.gateway.policy._budget_store import (
     month_text,
 )
 from kanal.gateway.policy._limits_common import (
-    REDIS_ERRORS,
     RedisHealth,
     choices,
     new_member,
@@ -52,7 +51,7 @@ from kanal.gateway.policy._limits_common import (
     retry_seconds,
 )
 from kanal.gateway.policy.base import Call, Caller, Json, Outcome, Policy
-from kanal.gateway.stores import Stores
+from kanal.gateway.stores import REDIS_ERRORS, Stores
 from kanal.snapshot import RouteConfig, Snapshot
 
 log = logging.getLogger("kanal.gateway.budget")

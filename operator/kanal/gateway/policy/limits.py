@@ -37,7 +37,6 @@ import math
 from kanal.api.llmroute import RateLimit
 from kanal.gateway.errors import GatewayError
 from kanal.gateway.policy._limits_common import (
-    REDIS_ERRORS,
     RedisHealth,
     choices,
     duration,
@@ -52,7 +51,7 @@ from kanal.gateway.policy._limits_store import (
     RedisLimitStore,
 )
 from kanal.gateway.policy.base import Call, Json, Outcome, Policy
-from kanal.gateway.stores import Stores
+from kanal.gateway.stores import REDIS_ERRORS, Stores
 from kanal.snapshot import RouteConfig
 
 log = logging.getLogger("kanal.gateway.limits")

@@ -52,7 +52,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kanal.gateway.policy._limits_common import REDIS_ERRORS
+from kanal.gateway.stores import REDIS_ERRORS
 from kanal.gateway.telemetry._record import RequestRecord
 
 if TYPE_CHECKING:
