@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
@@ -40,6 +40,7 @@ from kanal.v1 import gateway_pb2_grpc as pb_grpc
 log = logging.getLogger("kanal.gateway.grpc")
 Json = dict[str, Any]
 Metadata = tuple[tuple[str, str], ...]
+Answer = TypeVar("Answer", pb.ChatResponse, pb.EmbedResponse)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # as the HTTP API accepts it
 
@@ -364,30 +365,13 @@ class GatewayService(pb_grpc.GatewayServicer):
         request: pb.ChatRequest,
         context: grpc.aio.ServicerContext[pb.ChatRequest, pb.ChatResponse],
     ) -> pb.ChatResponse:
-        metadata = context.invocation_metadata()
-        call = call_info(metadata)
-        record = self._begin("chat", call, metadata)
-        trace = record.trace
-        prepared: Call | None = None
-        try:
-            record.caller = caller = await self.gateway.authenticate(call.authorization)
-            body = chat_body(request, stream=False)
-            record.call = prepared = self._prepare(Operation.CHAT, caller, body, call)
-            response = chat_response(await self.gateway.call(prepared, trace))
-            await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
-            return response
-        except GatewayError as err:
-            record.error = err
-            await _abort(context, err, call.request_id, prepared)
-        except asyncio.CancelledError:
-            record.disconnected = True
-            raise
-        except Exception:
-            log.exception("Chat failed (request %s)", call.request_id)
-            record.error = _internal_error()
-            await _abort(context, record.error, call.request_id)
-        finally:
-            self.gateway.telemetry.finish(record)
+        return await self._unary(
+            "Chat",
+            Operation.CHAT,
+            lambda: chat_body(request, stream=False),
+            chat_response,
+            context,
+        )
 
     async def ChatStream(
         self,
@@ -456,19 +440,31 @@ class GatewayService(pb_grpc.GatewayServicer):
         request: pb.EmbedRequest,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
+        return await self._unary(
+            "Embed", Operation.EMBEDDINGS, lambda: embed_body(request), embed_response, context
+        )
+
+    async def _unary(
+        self,
+        rpc: str,
+        op: Operation,
+        body_of: Callable[[], Json],
+        answer_of: Callable[[Json], Answer],
+        context: grpc.aio.ServicerContext[Any, Answer],
+    ) -> Answer:
+        """One unary RPC: the request as an OpenAI body, the gateway's answer as a message."""
         metadata = context.invocation_metadata()
         call = call_info(metadata)
-        record = self._begin("embeddings", call, metadata)
+        record = self._begin(op.value, call, metadata)
         trace = record.trace
         prepared: Call | None = None
         try:
             record.caller = caller = await self.gateway.authenticate(call.authorization)
-            body = embed_body(request)
-            record.call = prepared = self._prepare(Operation.EMBEDDINGS, caller, body, call)
-            result = await self.gateway.call(prepared, trace)
-            response = embed_response(result)
+            body = body_of()
+            record.call = prepared = self._prepare(op, caller, body, call)
+            answer = answer_of(await self.gateway.call(prepared, trace))
             await context.send_initial_metadata(_answer_metadata(call.request_id, trace, prepared))
-            return response
+            return answer
         except GatewayError as err:
             record.error = err
             await _abort(context, err, call.request_id, prepared)
@@ -476,7 +472,7 @@ class GatewayService(pb_grpc.GatewayServicer):
             record.disconnected = True
             raise
         except Exception:
-            log.exception("Embed failed (request %s)", call.request_id)
+            log.exception("%s failed (request %s)", rpc, call.request_id)
             record.error = _internal_error()
             await _abort(context, record.error, call.request_id)
         finally:
