@@ -26,6 +26,6 @@ COPY --from=build /opt/kanal /opt/kanal
 # chart mounts an emptyDir at /tmp and makes the root filesystem read-only).
 USER 65532:65532
 # gateway: HTTP 8080, gRPC 9090 (the operator's snapshot 9443 and health 8081 are set by flags)
-EXPOSE 8080 9090
+EXPOSE 8080 9090 9464
 ENTRYPOINT ["kanal"]
 CMD ["--help"]

@@ -99,6 +99,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
         redis_url=args.redis,
         redis_fail_open=args.redis_fail_open,
         **otel,
@@ -162,6 +163,7 @@ def _gateway_settings(
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
         redis_url=args.redis,
         redis_fail_open=args.redis_fail_open,
         anonymous_tenant=args.anonymous_tenant,
@@ -202,6 +204,12 @@ def _add_serving_flags(parser: argparse.ArgumentParser, *, host: str) -> None:
     parser.add_argument("--host", default=host, help=f"address to listen on (default {host})")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     parser.add_argument("--grpc-port", type=int, default=9090, help="gRPC port (default 9090)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics on this port of its own instead of the HTTP port (the chart "
+        "does: callers then cannot read every tenant's traffic)",
+    )
     parser.add_argument(
         "--redis", metavar="URL", help="Redis for limits, budgets, sessions and cache (else memory)"
     )

@@ -277,7 +277,9 @@ def test_root_image_runs_kanal_as_the_chart_does(helm_bin: Path) -> None:
         p["containerPort"]
         for p in deployments["kanal-gateway"]["spec"]["template"]["spec"]["containers"][0]["ports"]
     }
-    assert ports == {8080, 9090}
+    assert ports == {8080, 9090, 9464}  # http, grpc, metrics
+    exposed = {int(p) for line in final.all("EXPOSE") for p in line.split()}
+    assert ports <= exposed, f"the chart's ports {ports} are not all EXPOSEd ({exposed})"
 
 
 def ignored(patterns: list[tuple[bool, str]], path: str) -> bool:

@@ -306,7 +306,19 @@ async def _aclose(chunks: AsyncIterator[Json]) -> None:
         await aclose()
 
 
+def create_metrics_app(gateway: Gateway) -> web.Application:
+    """``/metrics`` (and ``/healthz``) alone, for a port of their own: scrapers reach it,
+    callers of the gateway do not (route names and traffic of every tenant are in it)."""
+    app = web.Application()
+    handlers = Handlers(gateway)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_route("*", "/{tail:.*}", handlers.not_found)
+    return app
+
+
 def create_app(gateway: Gateway) -> web.Application:
+    """The callers' API; ``/metrics`` too unless settings.metrics_port gives it its own."""
     app = web.Application(client_max_size=gateway.runtime.settings.max_body_bytes)
     app[GATEWAY] = gateway
     handlers = Handlers(gateway)
@@ -319,7 +331,8 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_delete("/v1/sessions/{session_id}", handlers.delete_session)
     app.router.add_get("/v1/spend", handlers.spend)
     app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/metrics", handlers.metrics)
+    if gateway.runtime.settings.metrics_port is None:
+        app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/v1/usage", handlers.usage)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)

@@ -15,6 +15,9 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int = 9090
+    metrics_port: int | None = None
+    """Serve ``/metrics`` on this port of its own (0 picks one) and not on the callers' HTTP
+    port; None serves it on the HTTP port (``kanal up``)."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Larger request bodies get 413."""
     cooldown_after_failures: int = 3

@@ -339,13 +339,14 @@ async def serve(
             persisted = PersistedSnapshot(settings, namespace, subscriber_settings.snapshot_secret)
         subscriber = SnapshotSubscriber(running.gateway.runtime, subscriber_settings, persisted)
         log.warning(
-            "kanal gateway %s: HTTP on http://%s:%d/v1, gRPC on %s:%d; snapshots from the "
-            "operator at %s, %s",
+            "kanal gateway %s: HTTP on http://%s:%d/v1, gRPC on %s:%d, metrics on %s; "
+            "snapshots from the operator at %s, %s",
             subscriber_settings.gateway_id,
             settings.host,
             running.http_port,
             settings.host,
             running.grpc_port,
+            f"http://{settings.host}:{running.metrics_port or running.http_port}/metrics",
             subscriber_settings.operator,
             f"else from {persisted.where}"
             if persisted is not None

@@ -167,10 +167,16 @@ def test_defaults_render(helm_bin: Path) -> None:
         "--operator=kanal-operator.kanal.svc:9443",
         "--port=8080",
         "--grpc-port=9090",
+        "--metrics-port=9464",
         "--snapshot-namespace=kanal",
         "--redis=$(KANAL_REDIS_URL)",
         "--log-format=json",
     ]
+    assert {p["name"]: p["containerPort"] for p in gw["ports"]} == {
+        "http": 8080,
+        "grpc": 9090,
+        "metrics": 9464,
+    }
     gw_env = env_of(gw)
     assert gw_env["KANAL_REDIS_URL"] == "redis://kanal-redis.kanal.svc:6379/0"
     # tracing off by default: the gateway builds no tracer at all
@@ -181,12 +187,13 @@ def test_defaults_render(helm_bin: Path) -> None:
     ]
     assert annotations["prometheus.io/scrape"] == "true"
     assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
-        "8080",
+        "9464",
         "/metrics",
     )
     assert gw["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert gw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     svc = objects[("Service", "kanal-gateway")]["spec"]
+    # callers' Service: no metrics port (scrapers go to the pods)
     assert {p["name"]: p["port"] for p in svc["ports"]} == {"http": 8080, "grpc": 9090}
     assert objects[("Deployment", "kanal-gateway")]["spec"]["replicas"] == 2
     assert objects[("PodDisruptionBudget", "kanal-gateway")]["spec"]["minAvailable"] == 1
@@ -306,10 +313,14 @@ def test_custom_values_render(helm_bin: Path) -> None:
 
     policies = {n for (k, n) in objects if k == "NetworkPolicy"}
     assert policies == {"acme-gateway", "acme-operator"}  # no bundled Redis, no Redis policy
-    gw_policy = objects[("NetworkPolicy", "acme-gateway")]["spec"]["ingress"][0]
-    assert gw_policy["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kanal.dev/client": "true"}}}
+    callers, scrapers = objects[("NetworkPolicy", "acme-gateway")]["spec"]["ingress"]
+    assert [p["port"] for p in callers["ports"]] == ["http", "grpc"]
+    assert callers["from"] == [{"namespaceSelector": {"matchLabels": {"kanal.dev/client": "true"}}}]
+    assert [p["port"] for p in scrapers["ports"]] == ["metrics"]
+    assert scrapers["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
+    assert "--metrics-port=9100" in gw["args"]
     op_from = objects[("NetworkPolicy", "acme-operator")]["spec"]["ingress"][0]["from"]
     assert op_from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
 

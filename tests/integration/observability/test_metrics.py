@@ -322,3 +322,33 @@ def test_metrics_are_mirrored_on_opentelemetry_instruments() -> None:
         await runtime.close()
 
     run(check)
+
+
+def test_metrics_port_of_its_own_keeps_them_from_callers() -> None:
+    """With ``metrics_port`` (the chart sets it) callers' port has no /metrics: the page
+    names every tenant's routes and traffic."""
+
+    async def check() -> None:
+        settings = replace(SETTINGS, metrics_port=0)
+        async with (
+            gateway_with(snapshot_from_yaml(YAML), settings) as running,
+            aiohttp.ClientSession() as http,
+        ):
+            assert running.metrics_port not in (None, running.http_port)
+            callers = f"http://127.0.0.1:{running.http_port}"
+            scrapers = f"http://127.0.0.1:{running.metrics_port}"
+            async with http.post(
+                f"{callers}/v1/chat/completions", json=body("flaky"), headers=HEADERS
+            ) as r:
+                assert r.status == 502
+            async with http.get(f"{callers}/metrics") as r:
+                assert r.status == 404
+                assert (await r.json())["error"]["code"] == "unknown_url"
+            async with http.get(f"{scrapers}/metrics") as r:
+                assert r.status == 200
+                samples = parse(await r.text())
+            assert value(samples, "kanal_requests_total", route="default/flaky") == 1
+            async with http.post(f"{scrapers}/v1/chat/completions", json=body("flaky")) as r:
+                assert r.status == 404  # the API is not served there
+
+    run(check)
