@@ -243,22 +243,14 @@ class Gateway:
         return max(limits) if limits else DEFAULT_MAX_OUTPUT
 
     async def call(self, call: Call, trace: Trace) -> Json:
-        chain = self.chain(call.route)
         ran: list[Policy] = []
         outcome = call.outcome = Outcome()
-        tracer = self.runtime.tracer
-        if tracer is not None:
-            tracer = recording(tracer)
         try:
-            for policy in chain:
-                answer = await (
-                    policy.before(call) if tracer is None else _traced_before(tracer, policy, call)
-                )
-                ran.append(policy)
-                if answer is not None:
-                    outcome.response, outcome.text = answer, text_of(answer)
-                    outcome.usage, outcome.completed, outcome.cached = usage_of(answer), True, True
-                    return answer
+            answer = await self._before(call, ran)
+            if answer is not None:
+                outcome.response, outcome.text = answer, text_of(answer)
+                outcome.usage, outcome.completed, outcome.cached = usage_of(answer), True, True
+                return answer
             result = await self._route_unary(call, trace)
             outcome.response, outcome.text, outcome.completed = result, text_of(result), True
             outcome.finish_reason = _finish_reason(result)
@@ -271,6 +263,28 @@ class Gateway:
         finally:
             if ran:
                 await self._after(ran, call, outcome)
+
+    def _policy_tracer(self) -> Tracer | None:
+        """The tracer for policy spans: None when tracing is off or this request is
+        sampled out."""
+        tracer = self.runtime.tracer
+        return recording(tracer) if tracer is not None else None
+
+    async def _before(self, call: Call, ran: list[Policy]) -> Json | None:
+        """The chain's ``before`` hooks in order, each one that ran added to ``ran``; the
+        first answer (the cache's) ends it."""
+        chain = self.chain(call.route)
+        if not chain:  # the common fast path: no policy on this route
+            return None
+        tracer = self._policy_tracer()
+        for policy in chain:
+            answer = await (
+                policy.before(call) if tracer is None else _traced_before(tracer, policy, call)
+            )
+            ran.append(policy)
+            if answer is not None:
+                return answer
+        return None
 
     async def _route_unary(self, call: Call, trace: Trace) -> Json:
         body = call.body
@@ -294,9 +308,7 @@ class Gateway:
         await asyncio.shield(task)
 
     async def _run_after(self, ran: list[Policy], call: Call, outcome: Outcome) -> None:
-        tracer = self.runtime.tracer
-        if tracer is not None:
-            tracer = recording(tracer)
+        tracer = self._policy_tracer()
         for policy in reversed(ran):
             try:
                 if tracer is None:
@@ -315,19 +327,11 @@ class Gateway:
         """Policies, then routing until one backend produced its first chunk; then that
         backend only. A failure after the first chunk is raised from the iterator (the
         protocol layer reports it in-stream); it never switches backends mid-answer."""
-        chain = self.chain(call.route)
         ran: list[Policy] = []
-        tracer = self.runtime.tracer
-        if tracer is not None:
-            tracer = recording(tracer)
         try:
-            for policy in chain:
-                answer = await (
-                    policy.before(call) if tracer is None else _traced_before(tracer, policy, call)
-                )
-                ran.append(policy)
-                if answer is not None:
-                    return self._replay(answer, call, ran)
+            answer = await self._before(call, ran)
+            if answer is not None:
+                return self._replay(answer, call, ran)
             first, chunks, state = await self._route_stream(call, trace)
         except GatewayError as err:
             call.outcome = Outcome(error=err)
