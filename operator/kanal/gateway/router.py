@@ -65,6 +65,11 @@ class Trace:
     release: Callable[[], None] | None = None
     """For streams: frees the backend's concurrency slot once the stream ends."""
 
+    def attempted(self, backend: str, outcome: str, seconds: float) -> None:
+        """Account one upstream attempt: its time and its line in the log."""
+        self.upstream_seconds += seconds
+        self.attempt_log.append(AttemptRecord(backend, outcome, seconds))
+
     def done(self) -> None:
         if self.release is not None:
             self.release()
@@ -156,9 +161,7 @@ class Router:
         With ``stream`` the backend's concurrency slot stays taken after success until
         ``trace.done()`` (the stream's end). ``operation`` (chat, completion, embeddings)
         names the attempt spans when tracing is on."""
-        tracer = self.runtime.tracer
-        if tracer is not None:
-            tracer = recording(tracer)
+        tracer = recording(self.runtime.tracer)
         if tracer is None:
             return await self._run(route, attempt, trace, stream, None, operation)
         with current_span(tracer, "kanal.routing", attributes={"kanal.route": route.id}) as span:
@@ -233,9 +236,7 @@ class Router:
                                 raise
                             span.set_attribute("kanal.attempt.outcome", "ok")
                 except UpstreamError as err:
-                    elapsed = time.perf_counter() - started
-                    trace.upstream_seconds += elapsed
-                    trace.attempt_log.append(AttemptRecord(target.backend, err.kind.value, elapsed))
+                    trace.attempted(target.backend, err.kind.value, time.perf_counter() - started)
                     state.record_failure(err, loop.time(), settings)
                     last = err
                     if not _retryable(err, route):
@@ -244,9 +245,7 @@ class Router:
                     budget -= 1
                     retries += 1
                     continue
-                elapsed = time.perf_counter() - started
-                trace.upstream_seconds += elapsed
-                trace.attempt_log.append(AttemptRecord(target.backend, "ok", elapsed))
+                trace.attempted(target.backend, "ok", time.perf_counter() - started)
                 state.record_success()
                 trace.backend, trace.model = target.backend, target.model
                 return result

@@ -264,19 +264,13 @@ class Gateway:
             if ran:
                 await self._after(ran, call, outcome)
 
-    def _policy_tracer(self) -> Tracer | None:
-        """The tracer for policy spans: None when tracing is off or this request is
-        sampled out."""
-        tracer = self.runtime.tracer
-        return recording(tracer) if tracer is not None else None
-
     async def _before(self, call: Call, ran: list[Policy]) -> Json | None:
         """The chain's ``before`` hooks in order, each one that ran added to ``ran``; the
         first answer (the cache's) ends it."""
         chain = self.chain(call.route)
         if not chain:  # the common fast path: no policy on this route
             return None
-        tracer = self._policy_tracer()
+        tracer = recording(self.runtime.tracer)
         for policy in chain:
             answer = await (
                 policy.before(call) if tracer is None else _traced_before(tracer, policy, call)
@@ -308,7 +302,7 @@ class Gateway:
         await asyncio.shield(task)
 
     async def _run_after(self, ran: list[Policy], call: Call, outcome: Outcome) -> None:
-        tracer = self._policy_tracer()
+        tracer = recording(self.runtime.tracer)
         for policy in reversed(ran):
             try:
                 if tracer is None:

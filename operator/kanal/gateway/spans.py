@@ -72,10 +72,13 @@ def error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-def recording(tracer: Tracer) -> Tracer | None:
-    """``tracer`` when the current request is traced, None when it was sampled out (its
-    children would be sampled out too: no child spans then; upstreams still get the
-    request's own ``traceparent``, with its not-sampled flag)."""
+def recording(tracer: Tracer | None) -> Tracer | None:
+    """``tracer`` when tracing is on and the current request is traced; None when tracing
+    is off or the request was sampled out (its children would be sampled out too: no child
+    spans then; upstreams still get the request's own ``traceparent``, with its
+    not-sampled flag)."""
+    if tracer is None:
+        return None
     return tracer if trace.get_current_span().is_recording() else None
 
 
