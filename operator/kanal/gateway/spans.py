@@ -28,6 +28,7 @@ __all__ = [
     "error_type",
     "genai_operation",
     "genai_provider",
+    "mark_error",
     "recording",
     "shutdown_within",
     "traced",
@@ -99,6 +100,7 @@ def shutdown_within(stop: Callable[[], object], seconds: float) -> Awaitable[boo
 
 
 def mark_error(span: Span, kind: str) -> None:
+    """The span failed: status ERROR and ``error.type``."""
     span.set_status(StatusCode.ERROR, kind)
     span.set_attribute(ERROR_TYPE, kind)
 

@@ -21,10 +21,16 @@ from opentelemetry import context, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind
 
 import kanal
-from kanal.gateway.spans import W3C, genai_operation, genai_provider, shutdown_within
+from kanal.gateway.spans import (
+    W3C,
+    genai_operation,
+    genai_provider,
+    mark_error,
+    shutdown_within,
+)
 from kanal.gateway.telemetry._record import RequestRecord
 
 if TYPE_CHECKING:
@@ -152,11 +158,9 @@ class TracingSink:
         span.set_attributes(attributes)
         if record.error is not None:
             kind = record.error.code or str(record.error.status)
-            span.set_status(StatusCode.ERROR, kind)
-            span.set_attribute("error.type", kind)
+            mark_error(span, kind)
         elif record.disconnected:
-            span.set_status(StatusCode.ERROR, "client_disconnected")
-            span.set_attribute("error.type", "client_disconnected")
+            mark_error(span, "client_disconnected")
 
     async def close(self) -> None:
         if self.owned:  # flushes the batch: off the loop, and never for long
