@@ -94,7 +94,7 @@ def _groups(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def usage_sink(gateway: Gateway) -> UsageSink | None:
-    return next((s for s in gateway.telemetry.sinks if isinstance(s, UsageSink)), None)
+    return gateway.telemetry.find(UsageSink)
 
 
 async def usage_summary(

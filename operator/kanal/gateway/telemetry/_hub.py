@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Protocol as TypingProtocol
+from typing import TypeVar
 
 from kanal.gateway.telemetry._record import Protocol, RequestRecord
 
 log = logging.getLogger("kanal.gateway.telemetry")
+S = TypeVar("S")
 
 
 class Sink(TypingProtocol):
@@ -31,6 +33,10 @@ class Telemetry:
 
     def add(self, sink: Sink) -> None:
         self.sinks.append(sink)
+
+    def find(self, kind: type[S]) -> S | None:
+        """The sink of that class, None when this gateway runs none."""
+        return next((s for s in self.sinks if isinstance(s, kind)), None)
 
     def begin(
         self,

@@ -458,7 +458,5 @@ def build_metrics(runtime: Runtime) -> MetricsSink:
 
 def exposition(telemetry: Telemetry) -> tuple[bytes, str] | None:
     """``/metrics``: the Prometheus text of the gateway's metrics sink (None without one)."""
-    for sink in telemetry.sinks:
-        if isinstance(sink, MetricsSink):
-            return sink.exposition(), CONTENT_TYPE_LATEST
-    return None
+    sink = telemetry.find(MetricsSink)
+    return (sink.exposition(), CONTENT_TYPE_LATEST) if sink is not None else None
