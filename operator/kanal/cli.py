@@ -9,7 +9,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -81,7 +81,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from kanal import local
-    from kanal.gateway.settings import GatewaySettings, otel_settings
+    from kanal.gateway.settings import GatewaySettings
     from kanal.gateway.telemetry import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
@@ -91,19 +91,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )
     try:
         secrets = [local.env_secret(spec, os.environ) for spec in args.secret or []]
-        otel = otel_settings(os.environ)
+        settings = GatewaySettings(**_serving_settings(args, os.environ))
     except ValueError as err:
         print(f"kanal up: {err}", file=sys.stderr)
         return 2
-    settings = GatewaySettings(
-        host=args.host,
-        port=args.port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        redis_url=args.redis,
-        redis_fail_open=args.redis_fail_open,
-        **otel,
-    )
     return local.run(args.filename, settings, secrets)
 
 
@@ -131,7 +122,7 @@ def _gateway_settings(
     args: argparse.Namespace, environ: Mapping[str, str], sa_dir: Path
 ) -> tuple[GatewaySettings, SubscriberSettings]:
     """Flags, then the environment, then in-cluster defaults (the pod's ServiceAccount)."""
-    from kanal.gateway.settings import GatewaySettings, otel_settings
+    from kanal.gateway.settings import GatewaySettings
     from kanal.gateway.subscriber import TOKEN_ENV, SubscriberSettings
 
     in_cluster = (sa_dir / "token").is_file()
@@ -160,19 +151,13 @@ def _gateway_settings(
     if ":" not in args.operator:
         raise ValueError(f"--operator {args.operator!r}: expected HOST:PORT")
     settings = GatewaySettings(
-        host=args.host,
-        port=args.port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        redis_url=args.redis,
-        redis_fail_open=args.redis_fail_open,
+        **_serving_settings(args, environ),
         anonymous_tenant=args.anonymous_tenant,
         kube_api_url=kube_api_url,
         kube_ca_file=kube_ca_file,
         kube_token_file=kube_token_file,
         kube_client_cert_file=args.kube_client_cert,
         kube_client_key_file=args.kube_client_key,
-        **otel_settings(environ),
     )
     subscriber_settings = SubscriberSettings(
         operator=args.operator,
@@ -197,6 +182,22 @@ def _redact_url(url: str) -> str:
 def _not_built(command: str) -> int:
     print(f"kanal {command}: not built yet: {NOT_BUILT[command]}.", file=sys.stderr)
     return 2
+
+
+def _serving_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """GatewaySettings from the flags of ``_add_serving_flags`` and the OTEL_* environment
+    (ValueError names a bad OTEL_* value)."""
+    from kanal.gateway.settings import otel_settings
+
+    return {
+        "host": args.host,
+        "port": args.port,
+        "grpc_port": args.grpc_port,
+        "metrics_port": args.metrics_port,
+        "redis_url": args.redis,
+        "redis_fail_open": args.redis_fail_open,
+        **otel_settings(environ),
+    }
 
 
 def _add_serving_flags(parser: argparse.ArgumentParser, *, host: str) -> None:
