@@ -61,12 +61,13 @@ def compile_snapshot(
                 Problem(kind="ModelBackend", id=backend_id, reason=err.reason, message=err.message)
             )
 
+    broken = {p.id: p for p in problems if p.kind == "ModelBackend"}
     compiled_routes: dict[str, RouteConfig] = {}
     claimed: dict[tuple[str, str], str] = {}
     for route in sorted(routes, key=lambda r: (_ns(r.metadata.namespace), r.metadata.name)):
         route_id = f"{_ns(route.metadata.namespace)}/{route.metadata.name}"
         try:
-            compiled = _compile_route(route_id, route, compiled_backends, problems)
+            compiled = _compile_route(route_id, route, compiled_backends, broken)
             owner = claimed.get((compiled.namespace, compiled.model))
             if owner is not None:
                 raise _Invalid(
@@ -151,11 +152,11 @@ def _compile_route(
     route_id: str,
     route: LlmRoute,
     backends: dict[str, BackendConfig],
-    problems: list[Problem],
+    broken: dict[str, Problem],
 ) -> RouteConfig:
+    """``broken``: backend id -> why that backend was left out."""
     spec = route.spec
     namespace = _ns(route.metadata.namespace)
-    broken = {p.id: p for p in problems if p.kind == "ModelBackend"}
     tiers: dict[int, list[Target]] = defaultdict(list)
     for index, ref in enumerate(spec.backends):
         backend_id = f"{ref.backend_ref.namespace or namespace}/{ref.backend_ref.name}"
