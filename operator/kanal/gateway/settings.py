@@ -85,6 +85,14 @@ class GatewaySettings:
     """A tracer provider to use instead of building one from the settings above (tests
     pass one with an in-memory exporter); the gateway does not shut it down."""
 
+    def otlp_url(self, signal: Literal["traces", "metrics"]) -> str | None:
+        """Where OTLP/HTTP sends ``signal``: its own endpoint, else the base endpoint plus
+        ``/v1/<signal>``, else None (the exporter's default)."""
+        own = self.otlp_traces_endpoint if signal == "traces" else self.otlp_metrics_endpoint
+        if own:
+            return own
+        return f"{self.otlp_endpoint.rstrip('/')}/v1/{signal}" if self.otlp_endpoint else None
+
 
 def otel_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     """GatewaySettings fields from the standard OpenTelemetry variables (ValueError for a

@@ -442,10 +442,8 @@ def meter_provider(settings: GatewaySettings) -> MeterProvider | None:
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
-    endpoint = settings.otlp_metrics_endpoint or (
-        settings.otlp_endpoint.rstrip("/") + "/v1/metrics" if settings.otlp_endpoint else None
-    )
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint))
+    exporter = OTLPMetricExporter(endpoint=settings.otlp_url("metrics"))
+    reader = PeriodicExportingMetricReader(exporter)
     return MeterProvider(
         metric_readers=[reader],
         resource=Resource.create({SERVICE_NAME: settings.service_name}),

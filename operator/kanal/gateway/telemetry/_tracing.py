@@ -61,10 +61,7 @@ def tracer_provider(settings: GatewaySettings) -> tuple[TracerProvider | None, b
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        endpoint = settings.otlp_traces_endpoint or (
-            settings.otlp_endpoint.rstrip("/") + "/v1/traces" if settings.otlp_endpoint else None
-        )
-        exporter = OTLPSpanExporter(endpoint=endpoint)
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_url("traces"))
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
     # batched: spans are exported from a background thread, never on the request path
     provider.add_span_processor(BatchSpanProcessor(exporter))
