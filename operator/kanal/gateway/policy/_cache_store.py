@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+
+from kanal.gateway.stores import REDIS_ERRORS
 
 log = logging.getLogger("kanal.gateway.cache")
 
@@ -106,7 +107,7 @@ class RedisCacheStore:
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self.client.get(key)
-        except (RedisError, OSError) as err:  # OSError covers TimeoutError
+        except REDIS_ERRORS as err:
             log.warning("response cache: Redis GET failed, answering as a miss: %s", err)
             return None
         return value if isinstance(value, bytes) else None
@@ -117,7 +118,7 @@ class RedisCacheStore:
             return False
         try:
             await self.client.set(key, value, px=millis)
-        except (RedisError, OSError) as err:  # OSError covers TimeoutError
+        except REDIS_ERRORS as err:
             log.warning("response cache: Redis SET failed, answer not cached: %s", err)
             return False
         return True

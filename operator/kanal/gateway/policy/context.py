@@ -50,8 +50,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from kanal.api import parse_duration
 from kanal.gateway.errors import GatewayError
 from kanal.gateway.policy._context_prompt import (
@@ -75,7 +73,7 @@ from kanal.gateway.policy._context_store import (
 from kanal.gateway.policy._context_summary import needs_fold, plan_fold, summarizer_body
 from kanal.gateway.policy.base import Call, Caller, Json, Outcome, Policy
 from kanal.gateway.providers.base import CallOptions
-from kanal.gateway.stores import Stores
+from kanal.gateway.stores import REDIS_ERRORS, Stores
 from kanal.gateway.tokens import estimate_text
 from kanal.snapshot import RouteConfig
 
@@ -98,7 +96,7 @@ class _Turn:
     prompt: Prompt
 
 
-def _unavailable(err: Exception) -> GatewayError:
+def _unavailable(err: BaseException) -> GatewayError:
     return GatewayError(
         503,
         f"the conversation store is unreachable ({type(err).__name__}); "
@@ -132,7 +130,7 @@ class ContextPolicy(Policy):
         request = split_request(list(call.body.get("messages") or ()), system)
         try:
             history = await self.store.load(key, history_budget(request, context.max_tokens))
-        except (RedisError, OSError) as err:
+        except REDIS_ERRORS as err:
             log.warning("context: loading session of request %s failed: %s", call.request_id, err)
             raise _unavailable(err) from None
         prompt = build_prompt(request, history, context.max_tokens)
@@ -171,7 +169,7 @@ class ContextPolicy(Policy):
                 max_messages=settings.context_max_turns,
                 max_bytes=settings.context_max_bytes,
             )
-        except (RedisError, OSError) as err:
+        except REDIS_ERRORS as err:
             log.error(
                 "context: storing the turn of request %s in session %s failed: %s",
                 call.request_id,
@@ -287,7 +285,7 @@ class ContextPolicy(Policy):
         """GET /v1/sessions/{id}: the caller's (tenant's) session on every route."""
         try:
             found = await self.store.sessions(caller.tenant, session_id)
-        except (RedisError, OSError) as err:
+        except REDIS_ERRORS as err:
             raise _unavailable(err) from None
         if not found:
             raise self._not_found(session_id)
@@ -311,7 +309,7 @@ class ContextPolicy(Policy):
         """DELETE /v1/sessions/{id}: erase it on every route of the caller's tenant."""
         try:
             erased = await self.store.delete(caller.tenant, session_id)
-        except (RedisError, OSError) as err:
+        except REDIS_ERRORS as err:
             raise _unavailable(err) from None
         if not erased:
             raise self._not_found(session_id)
