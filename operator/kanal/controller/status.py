@@ -83,12 +83,6 @@ def _owned(service: ServiceEntry | None, uid: str) -> Mapping[str, Any] | None:
     return service.body
 
 
-def _problem_cond(problem: Problem | None, type_: str, ok: Cond) -> Cond:
-    if problem is None:
-        return ok
-    return Cond(type_, FALSE, problem.reason, problem.message)
-
-
 def backend_status(
     entry: BackendEntry,
     *,
@@ -132,13 +126,12 @@ def backend_status(
         serving = None
         url = None
         ready_message = "served by the gateways' built-in mock provider"
-    in_snapshot = backend_id in snapshot.backends
-    compiled = _problem_cond(
-        problems.get(backend_id) if not in_snapshot else None,
-        READY,
-        Cond(READY, TRUE, "Compiled", "in the routing snapshot"),
-    )
-    if not in_snapshot and backend_id not in problems:
+    problem = problems.get(backend_id)
+    if backend_id in snapshot.backends:
+        compiled = Cond(READY, TRUE, "Compiled", "in the routing snapshot")
+    elif problem is not None:
+        compiled = Cond(READY, FALSE, problem.reason, problem.message)
+    else:
         compiled = Cond(READY, UNKNOWN, "Compiling", "not compiled yet")
     parts.append(compiled)
     ready = summarize(READY, parts, Cond(READY, TRUE, "Ready", ready_message))
