@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -15,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from harness.procs import Proc
 
 API_KEY = "sk-kanal-functions-test-0123456789"
 
@@ -99,9 +100,8 @@ def post(url: str, body: bytes | str | Any, headers: Mapping[str, str] | None = 
 
 @dataclass
 class FunctionProcess:
-    proc: subprocess.Popen[bytes]
+    proc: Proc
     url: str
-    log: Path
 
     def post(self, body: Any, headers: Mapping[str, str] | None = None, path: str = "/") -> Reply:
         return post(self.url + path, body, headers)
@@ -124,26 +124,19 @@ def start_function(
         "PORT": "0",
         **env,
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    proc = Proc(module, command, log, env=full_env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = log.read_text()
         if "listening on http://" in text:
             address = text.split("listening on http://", 1)[1].split()[0]
-            return FunctionProcess(proc, f"http://{address}", log)
-        if proc.poll() is not None:
+            return FunctionProcess(proc, f"http://{address}")
+        if not proc.alive():
             break
         time.sleep(0.05)
-    proc.kill()
+    proc.popen.kill()
     raise AssertionError(f"{module} did not start; log:\n{log.read_text()}")
 
 
 def stop_function(function: FunctionProcess) -> None:
-    if function.proc.poll() is None:
-        function.proc.terminate()
-        try:
-            function.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            function.proc.kill()
-            function.proc.wait(5)
+    function.proc.stop()
