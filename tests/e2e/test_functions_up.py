@@ -4,7 +4,6 @@ real process, the quickstart's files, edits applied while it runs."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,10 @@ from typing import Any
 
 import pytest
 
+from harness.procs import free_ports
+
 ROOT = Path(__file__).parents[2]
 SEA = "Mock reply from mock-small: Write a haiku about the sea, in a calm mood."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -62,7 +57,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
     folder.mkdir()
     for name in ("mock.yaml", "haiku.yaml"):  # the README's quickstart files
         (folder / name).write_text((ROOT / "examples/quickstart" / name).read_text())
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     command = [sys.executable, "-m", "kanal", "up", "-f", str(folder), "--port", str(port)]
     log = tmp_path / "up.log"
     with log.open("wb") as out:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,14 @@ from pathlib import Path
 import openai
 import pytest
 
+from harness.procs import free_ports
+
 ROOT = Path(__file__).parents[2]
 
 
 def model_ids(base_url: str) -> list[str]:
     with urllib.request.urlopen(f"{base_url}/models", timeout=5) as response:
         return [m["id"] for m in json.load(response)["data"]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class UpProcess:
@@ -54,7 +49,7 @@ def up(tmp_path: Path) -> Iterator[tuple[UpProcess, Path]]:
     folder = tmp_path / "manifests"
     folder.mkdir()
     (folder / "mock.yaml").write_text((ROOT / "examples/quickstart/mock.yaml").read_text())
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     log = tmp_path / "up.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -125,7 +120,7 @@ def test_invalid_files_exit_1_naming_the_field(tmp_path: Path) -> None:
         .replace("provider: mock", "provider: x")
     )
     result = subprocess.run(
-        [sys.executable, "-m", "kanal", "up", "-f", str(bad), "--port", str(free_port())],
+        [sys.executable, "-m", "kanal", "up", "-f", str(bad), "--port", str(free_ports(1)[0])],
         capture_output=True,
         text=True,
         timeout=30,
