@@ -61,16 +61,25 @@ def _reconciled(
     gen = entry.generation
     if result is not None and result.generation == gen:
         return Cond(type_, result.status, result.reason, result.message, gen)
-    # Not reconciled in this process yet (e.g. just restarted): keep what is recorded for
-    # this generation rather than flapping to Unknown.
-    before = find(entry.status.get("conditions"), type_)
-    if before is not None and before.get("observedGeneration") == gen and gen is not None:
-        status = before.get("status")
-        if status in (TRUE, FALSE, UNKNOWN):
-            return Cond(type_, status, str(before.get("reason")), str(before.get("message")), gen)
+    recorded = _recorded(entry, type_)
+    if recorded is not None:
+        return recorded
     return Cond(
         type_, UNKNOWN, "Reconciling", f"the operator has not acted on generation {gen} yet"
     )
+
+
+def _recorded(entry: BackendEntry | RouteEntry, type_: str) -> Cond | None:
+    """The condition as recorded for the current generation, if any. Not reconciled in this
+    process yet (e.g. just restarted), a condition keeps it rather than flapping to Unknown."""
+    gen = entry.generation
+    before = find(entry.status.get("conditions"), type_)
+    if before is None or gen is None or before.get("observedGeneration") != gen:
+        return None
+    status = before.get("status")
+    if status not in (TRUE, FALSE, UNKNOWN):
+        return None
+    return Cond(type_, status, str(before.get("reason")), str(before.get("message")), gen)
 
 
 def _serving_cond(readiness: Readiness) -> Cond:
@@ -230,14 +239,9 @@ def _function_cond(
         return Cond(FUNCTION_READY, reconciled.status, reconciled.reason, reconciled.message)
     owned = _owned(function, entry.uid)
     if owned is None and (reconciled is None or reconciled.generation != gen):
-        # not reconciled in this process yet: keep the recorded verdict for this generation
-        before = find(entry.status.get("conditions"), FUNCTION_READY)
-        if before is not None and before.get("observedGeneration") == gen and gen is not None:
-            status = before.get("status")
-            if status in (TRUE, FALSE, UNKNOWN):
-                return Cond(
-                    FUNCTION_READY, status, str(before.get("reason")), str(before.get("message"))
-                )
+        recorded = _recorded(entry, FUNCTION_READY)
+        if recorded is not None:
+            return recorded
     readiness = knative_readiness(owned)
     if readiness.status == TRUE:
         return Cond(
