@@ -15,7 +15,6 @@ from aiohttp import web
 
 from kanal.gateway.errors import GatewayError, from_upstream
 from kanal.gateway.providers.base import UpstreamError
-from kanal.gateway.router import Trace
 from kanal.gateway.service import Call, Caller, Gateway, Operation
 from kanal.gateway.telemetry import RequestRecord, exposition
 from kanal.gateway.usage_api import usage_summary
@@ -91,8 +90,8 @@ def _sse(chunk: Json) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def _overhead_ms(started: float, trace: Trace) -> str:
-    return f"{max(0.0, (time.perf_counter() - started - trace.upstream_seconds) * 1000):.3f}"
+def _overhead_ms(record: RequestRecord) -> str:
+    return f"{record.overhead * 1000:.3f}"
 
 
 class Handlers:
@@ -115,7 +114,7 @@ class Handlers:
         request_id = _request_id(request)
         telemetry = self.gateway.telemetry
         record = telemetry.begin("http", op.value, request_id, request.headers)
-        started, trace = record.started, record.trace
+        trace = record.trace
         call: Call | None = None
         try:
             record.caller = caller = await self._caller(request)
@@ -146,7 +145,7 @@ class Handlers:
             headers={
                 **call.headers,
                 "x-request-id": request_id,
-                "x-kanal-overhead-ms": _overhead_ms(started, trace),
+                "x-kanal-overhead-ms": _overhead_ms(record),
                 "x-kanal-backend": trace.backend,
                 "x-kanal-attempts": str(trace.attempts),
             },
@@ -165,7 +164,7 @@ class Handlers:
                 **_SSE_HEADERS,
                 **call.headers,
                 "x-request-id": call.request_id,
-                "x-kanal-overhead-ms": _overhead_ms(record.started, trace),
+                "x-kanal-overhead-ms": _overhead_ms(record),
                 "x-kanal-backend": trace.backend,
                 "x-kanal-attempts": str(trace.attempts),
             }
