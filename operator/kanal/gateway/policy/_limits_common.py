@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from kanal.gateway.errors import GatewayError
+
 if TYPE_CHECKING:
     from kanal.gateway.policy.base import Call
 
@@ -117,3 +119,17 @@ class RedisHealth:
         )
         self._unlogged = 0
         self._last_log = now
+
+    def unavailable(self, exc: BaseException, *, fail_open: bool, code: str) -> None:
+        """A check that could not ask Redis: recorded, then admitted unchecked
+        (``fail_open``) or refused with 503 ``code``."""
+        self.record(exc, fail_open=fail_open)
+        if fail_open:
+            return
+        raise GatewayError(
+            503,
+            f"{self.what} cannot be checked right now (the gateway's Redis is unreachable); "
+            "try again shortly",
+            code=code,
+            retry_after=1.0,
+        )

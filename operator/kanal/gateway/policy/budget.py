@@ -106,7 +106,8 @@ class BudgetPolicy(Policy):
                 hold=call.route.timeout + HOLD_MARGIN,
             )
         except REDIS_ERRORS as exc:
-            self._unavailable(exc)
+            fail_open = self.stores.settings.redis_fail_open
+            self.health.unavailable(exc, fail_open=fail_open, code="budget_unavailable")
             return None
         if not check.admitted:
             raise _refusal(call, budget, check, amount)
@@ -135,19 +136,6 @@ class BudgetPolicy(Policy):
             return round(call.estimated_prompt_tokens * self._max_prices(call.route)[0])
         price_in, price_out = self._answer_prices(call.route, outcome)
         return round(usage.prompt_tokens * price_in + usage.completion_tokens * price_out)
-
-    def _unavailable(self, exc: BaseException) -> None:
-        fail_open = self.stores.settings.redis_fail_open
-        self.health.record(exc, fail_open=fail_open)
-        if fail_open:
-            return
-        raise GatewayError(
-            503,
-            "budgets cannot be checked right now (the gateway's Redis is unreachable); "
-            "try again shortly",
-            code="budget_unavailable",
-            retry_after=1.0,
-        )
 
     # -- prices -----------------------------------------------------------------------------
 

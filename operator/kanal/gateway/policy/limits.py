@@ -93,7 +93,8 @@ class LimitsPolicy(Policy):
             self.health.check()
             verdict = await self.store.acquire(scope, member, rpm=rpm, tpm=tpm, tokens=tokens)
         except REDIS_ERRORS as exc:
-            self._unavailable(exc)
+            fail_open = self.stores.settings.redis_fail_open
+            self.health.unavailable(exc, fail_open=fail_open, code="limits_unavailable")
             return None
         _headers(call.headers, rpm, tpm, verdict)
         if not verdict.admitted:
@@ -115,19 +116,6 @@ class LimitsPolicy(Policy):
             await self.store.settle(scope, member, tokens)
         except REDIS_ERRORS as exc:
             self.health.record(exc, fail_open=self.stores.settings.redis_fail_open)
-
-    def _unavailable(self, exc: BaseException) -> None:
-        fail_open = self.stores.settings.redis_fail_open
-        self.health.record(exc, fail_open=fail_open)
-        if fail_open:
-            return
-        raise GatewayError(
-            503,
-            "rate limits cannot be checked right now (the gateway's Redis is unreachable); "
-            "try again shortly",
-            code="limits_unavailable",
-            retry_after=1.0,
-        )
 
 
 def settled_tokens(call: Call, outcome: Outcome) -> int:
