@@ -21,6 +21,7 @@ from typing import Any
 
 import kanal
 from kanal.api import API_VERSION, LlmRoute, ModelBackend
+from kanal.api.llmroute import Prompt
 from kanal.api.modelbackend import Serving
 
 KNATIVE_GROUP = "serving.knative.dev"
@@ -108,6 +109,14 @@ def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
 
 def function_service_name(route_name: str) -> str:
     return route_name + FUNCTION_SUFFIX
+
+
+def function_prompt(route: LlmRoute) -> Prompt | None:
+    """The route's prompt if it is published as a function (``prompt.expose.function``)."""
+    prompt = route.spec.prompt
+    if prompt is None or prompt.expose is None or not prompt.expose.function:
+        return None
+    return prompt
 
 
 def _namespace(obj: ModelBackend | LlmRoute) -> str:
@@ -245,8 +254,8 @@ def function_service(
 ) -> dict[str, Any] | None:
     """The Knative Service of the route's prompt function; None unless
     ``spec.prompt.expose.function`` is true."""
-    prompt = route.spec.prompt
-    if prompt is None or prompt.expose is None or not prompt.expose.function:
+    prompt = function_prompt(route)
+    if prompt is None:
         return None
     settings = settings or BuildSettings()
     route_name = route.metadata.name

@@ -34,6 +34,7 @@ from kanal.controller.builders import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     ROUTE_LABEL,
+    function_prompt,
 )
 from kanal.controller.index import (
     BackendEntry,
@@ -221,8 +222,7 @@ def register(
                 serving = entry.model is not None and entry.model.spec.serving is not None
             else:
                 outcome = await reconciler.route(entry, lookup)
-                prompt = entry.model.spec.prompt if entry.model is not None else None
-                serving = bool(prompt and prompt.expose and prompt.expose.function)
+                serving = entry.model is not None and function_prompt(entry.model) is not None
         except NotYet as err:
             sync.record(kind, entry.key, failure(entry.generation, err))
             raise kopf.TemporaryError(err.message, delay=err.delay) from None

@@ -19,6 +19,7 @@ from typing import Any
 
 from kanal.controller.builders import (
     Readiness,
+    function_prompt,
     function_service_name,
     knative_readiness,
 )
@@ -216,10 +217,7 @@ def route_status(
 
     conds = [ready, resolved]
     function_url = None
-    exposed = (
-        spec.prompt is not None and spec.prompt.expose is not None and spec.prompt.expose.function
-    )
-    if exposed:
+    if function_prompt(entry.model) is not None:
         conds.append(_function_cond(entry, function, reconciled))
         owned = _owned(function, entry.uid)
         function_url = knative_readiness(owned).url if owned is not None else None
