@@ -125,8 +125,20 @@ async def load(url: str, requests: int, concurrency: int) -> list[float]:
     return latencies
 
 
+def warmup(requests: int) -> int:
+    """How many requests ``measure`` sends first, not measured."""
+    return min(300, requests)
+
+
+def start_kanal(folder: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``kanal up`` serving the manifests in ``folder`` on ``port`` (gRPC on a free port)."""
+    command = [sys.executable, "-m", "kanal", "up", "-f", str(folder), "--port", str(port)]
+    command += ["--grpc-port", str(free_port())]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def measure(name: str, url: str, args: argparse.Namespace) -> dict[str, float]:
-    await load(url, min(300, args.requests), args.concurrency)  # warm-up
+    await load(url, warmup(args.requests), args.concurrency)
     started = time.perf_counter()
     latencies = await load(url, args.requests, args.concurrency)
     elapsed = time.perf_counter() - started
@@ -156,24 +168,7 @@ async def main(args: argparse.Namespace) -> None:
                 [sys.executable, "-c", BARE_PROXY, str(bare_port), str(up_port)], env=env
             )
         )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kanal",
-                    "up",
-                    "-f",
-                    str(folder),
-                    "--port",
-                    str(kanal_port),
-                    "--grpc-port",
-                    str(free_port()),
-                ],
-                env=env,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(start_kanal(folder, kanal_port, env))
         for port in (up_port, bare_port, kanal_port):
             await wait_listening(port)
         path = "/v1/chat/completions"

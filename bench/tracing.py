@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from overhead import MANIFEST, UPSTREAM, free_port, measure, wait_listening
+from overhead import MANIFEST, UPSTREAM, free_port, measure, start_kanal, wait_listening, warmup
 
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -62,13 +62,6 @@ def setups(collector: int) -> dict[str, dict[str, str]]:
     }
 
 
-def start_kanal(folder: Path, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-    command = [sys.executable, "-m", "kanal", "up", "-f", str(folder), "--port", str(port)]
-    command += ["--grpc-port", str(free_port())]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 async def main(args: argparse.Namespace) -> None:
     up_port, collector = free_port(), free_port()
     configs = setups(collector)
@@ -81,7 +74,8 @@ async def main(args: argparse.Namespace) -> None:
         procs.append(subprocess.Popen([sys.executable, "-c", COLLECTOR, str(collector)]))
         kanal = {}
         for name, extra in configs.items():
-            kanal[name] = start_kanal(folder, ports[name], extra)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+            kanal[name] = start_kanal(folder, ports[name], env)
             procs.append(kanal[name])
         for port in (up_port, collector, *ports.values()):
             await wait_listening(port)
@@ -96,8 +90,7 @@ async def main(args: argparse.Namespace) -> None:
                 before = cpu_seconds(kanal[name].pid)
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 results[name] = await measure(name, url, args)
-                # per request, warm-up included (measure sends min(300, n) more first)
-                sent = args.requests + min(300, args.requests)
+                sent = args.requests + warmup(args.requests)  # per request, warm-up included
                 cpu[name].append((cpu_seconds(kanal[name].pid) - before) / sent * 1e6)
             for name in ratios:
                 ratios[name].append(results[name]["rps"] / results["off"]["rps"])
