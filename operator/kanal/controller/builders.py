@@ -23,6 +23,7 @@ import kanal
 from kanal.api import API_VERSION, LlmRoute, ModelBackend
 from kanal.api.llmroute import Prompt
 from kanal.api.modelbackend import Serving
+from kanal.controller.conditions import find
 
 KNATIVE_GROUP = "serving.knative.dev"
 KNATIVE_VERSION = "v1"
@@ -429,10 +430,7 @@ def knative_readiness(ksvc: Mapping[str, Any] | None) -> Readiness:
             f"not the current {generation}",
             url,
         )
-    ready = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"),
-        None,
-    )
+    ready = find(status.get("conditions"), "Ready")
     if ready is None:
         return Readiness(
             "Unknown", "AwaitingKnative", f"Service {name} has no Ready condition yet", url

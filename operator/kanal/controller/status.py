@@ -29,6 +29,7 @@ from kanal.controller.conditions import (
     UNKNOWN,
     Cond,
     find,
+    is_true,
     merge_conditions,
     summarize,
 )
@@ -257,5 +258,4 @@ def differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
 
 
 def is_ready(status: Mapping[str, Any]) -> bool:
-    cond = find(status.get("conditions"), READY)
-    return cond is not None and cond.get("status") == TRUE
+    return is_true(status.get("conditions"), READY)
