@@ -190,17 +190,14 @@ class Reconciler:
                     f"{owner}; delete or rename it",
                     delay=60.0,
                 )
-            if not needs_update(desired, actual):
-                return Outcome("unchanged", name)
-            verdict = _verdict(desired, actual)
-            if self._verified.get((namespace, name)) == verdict:
+            if self.settled(desired, actual):
                 return Outcome("unchanged", name)
             ops = update_patch(desired, actual)
             self.counts["dry_runs"] += 1
             defaulted = await self.api.patch_service(namespace, name, ops, dry_run=True)
             if not needs_update(defaulted, actual):
                 # Only admission defaults differ: what is stored is what we asked for.
-                self._verified[(namespace, name)] = verdict
+                self._verified[(namespace, name)] = _verdict(desired, actual)
                 return Outcome("unchanged", name)
             await self.api.patch_service(namespace, name, ops)
             self._verified.pop((namespace, name), None)
