@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+"""Largest snapshot accepted once decompressed (from the stream or the Secret)."""
 
 
 def inflate(raw: bytes, limit: int) -> bytes:

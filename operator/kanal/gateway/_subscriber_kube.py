@@ -22,12 +22,11 @@ import aiohttp
 import orjson
 
 from kanal.gateway._kubeapi import auth_headers, ssl_context
-from kanal.gateway._subscriber_codec import inflate
+from kanal.gateway._subscriber_codec import MAX_SNAPSHOT_BYTES, inflate
 from kanal.gateway.settings import GatewaySettings
 from kanal.snapshot import SNAPSHOT_KEY, SNAPSHOT_SECRET, VERSION_ANNOTATION, Snapshot, from_bytes
 
 log = logging.getLogger("kanal.gateway.subscriber")
-MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
 
 class SnapshotUnavailable(Exception):

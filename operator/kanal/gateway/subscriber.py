@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from kanal.gateway._subscriber_backoff import Backoff
-from kanal.gateway._subscriber_codec import inflate
+from kanal.gateway._subscriber_codec import MAX_SNAPSHOT_BYTES, inflate
 from kanal.gateway._subscriber_kube import PersistedSnapshot, SnapshotUnavailable
 from kanal.gateway.providers import ADAPTERS
 from kanal.gateway.runtime import Runtime
@@ -43,7 +43,6 @@ _stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.SnapshotServiceStub
 
 TOKEN_ENV = "KANAL_SNAPSHOT_TOKEN"
 """Environment variable with the operator's shared token (the operator reads the same)."""
-MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
