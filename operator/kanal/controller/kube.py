@@ -102,12 +102,9 @@ class Kube:
 
     async def knative_installed(self) -> bool:
         """Whether the API server serves serving.knative.dev/v1 services."""
-        try:
-            found = await self._call(self.custom.get_api_resources, KNATIVE_GROUP, KNATIVE_VERSION)
-        except KubeError as err:
-            if err.status == 404:
-                return False
-            raise
+        found = await self._maybe(self.custom.get_api_resources, KNATIVE_GROUP, KNATIVE_VERSION)
+        if found is None:
+            return False
         resources = _plain(self.api, found).get("resources") or []
         return any(r.get("name") == KNATIVE_PLURAL for r in resources)
 
