@@ -49,7 +49,6 @@ from kanal.snapshot import (
     SNAPSHOT_KEY,
     SNAPSHOT_SECRET,
     VERSION_ANNOTATION,
-    Problem,
     Snapshot,
     compile_snapshot,
     to_bytes,
@@ -382,9 +381,8 @@ class Sync:
         routes: Mapping[Key, RouteEntry],
         snapshot: Snapshot,
     ) -> None:
-        problems: dict[tuple[str, str], Problem] = {(p.kind, p.id): p for p in snapshot.problems}
-        backend_problems = {i: p for (k, i), p in problems.items() if k == "ModelBackend"}
-        route_problems = {i: p for (k, i), p in problems.items() if k == "LlmRoute"}
+        backend_problems = {p.id: p for p in snapshot.problems if p.kind == MODEL_BACKEND.kind}
+        route_problems = {p.id: p for p in snapshot.problems if p.kind == LLM_ROUTE.kind}
         now = self.now()
         writes: list[tuple[str, Any, dict[str, Any]]] = []
         ready: dict[Key, bool] = {}
