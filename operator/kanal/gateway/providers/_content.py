@@ -7,6 +7,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from .base import FailureKind, Json, UpstreamError
 
 
@@ -26,6 +28,19 @@ def text_of(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
+
+
+def tool_arguments(provider: str, function: Json) -> Json:
+    """The ``arguments`` of a tool call's ``function``, parsed (none: ``{}``); refused like
+    a 400 unless they are a JSON object."""
+    args = function.get("arguments") or "{}"
+    try:
+        parsed = orjson.loads(args) if isinstance(args, str) else args
+    except orjson.JSONDecodeError:
+        raise client_error(provider, "tool call arguments are not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise client_error(provider, "tool call arguments must be a JSON object")
+    return parsed
 
 
 def max_output_tokens(body: Json) -> int | None:

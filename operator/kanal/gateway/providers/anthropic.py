@@ -40,7 +40,15 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ._content import client_error, data_url, image_url_of, max_output_tokens, stop_list, text_of
+from ._content import (
+    client_error,
+    data_url,
+    image_url_of,
+    max_output_tokens,
+    stop_list,
+    text_of,
+    tool_arguments,
+)
 from ._transport import (
     PerUpstream,
     as_int,
@@ -129,13 +137,7 @@ def _blocks(content: Any) -> list[Json]:
 
 def _tool_use(call: Json) -> Json:
     fn = call.get("function") or {}
-    args = fn.get("arguments") or "{}"
-    try:
-        parsed = orjson.loads(args) if isinstance(args, str) else args
-    except orjson.JSONDecodeError:
-        raise client_error(PROVIDER, "tool call arguments are not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise client_error(PROVIDER, "tool call arguments must be a JSON object")
+    parsed = tool_arguments(PROVIDER, fn)
     return {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": parsed}
 
 

@@ -56,6 +56,7 @@ from ._content import (
     stop_list,
     strip_schema,
     text_of,
+    tool_arguments,
 )
 from ._transport import (
     ErrorInfo,
@@ -134,14 +135,7 @@ def _parts(content: Any) -> list[Json]:
 def _function_call(call: Json) -> tuple[str, Json]:
     fn = call.get("function") or {}
     name = fn.get("name") or ""
-    args = fn.get("arguments") or "{}"
-    try:
-        parsed = orjson.loads(args) if isinstance(args, str) else args
-    except orjson.JSONDecodeError:
-        raise client_error(PROVIDER, "tool call arguments are not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise client_error(PROVIDER, "tool call arguments must be a JSON object")
-    return name, {"functionCall": {"name": name, "args": parsed}}
+    return name, {"functionCall": {"name": name, "args": tool_arguments(PROVIDER, fn)}}
 
 
 def _function_response(msg: Json, names: dict[str, str]) -> Json:
