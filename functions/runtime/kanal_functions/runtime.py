@@ -90,37 +90,33 @@ def _from_http(exc: web.HTTPException) -> FunctionError:
     return FunctionError(exc.status, exc.text or exc.reason, code=codes.get(exc.status))
 
 
-def json_errors(handler: Handler) -> Handler:
-    """Every failure of ``handler`` as an OpenAI-shaped JSON error (500 for a bug, logged)."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except FunctionError as err:
-            return err.response()
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return _from_http(exc).response()
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            return FunctionError(
-                500, "internal error in the function", code="internal_error"
-            ).response()
-
-    return wrapped
-
-
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own errors (unknown path, wrong method) in the same JSON shape."""
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure of ``handler`` as an OpenAI-shaped JSON error (500 for a bug, logged);
+    as a function app's middleware also aiohttp's own (unknown path, wrong method)."""
     try:
         return await handler(request)
+    except FunctionError as err:
+        return err.response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _from_http(exc).response()
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return FunctionError(
+            500, "internal error in the function", code="internal_error"
+        ).response()
+
+
+def json_errors(handler: Handler) -> Handler:
+    """``handler`` answering its failures as JSON errors, in an app of someone else's."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        return await _json_errors(request, handler)
+
+    return wrapped
 
 
 async def read_json_object(request: web.Request, what: str) -> Json:
@@ -155,10 +151,10 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
     """A function's app: ``POST`` handlers by path, ``GET /healthz``, JSON errors."""
-    app = web.Application(middlewares=[_errors], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[_json_errors], client_max_size=max_body_bytes)
     app.router.add_get("/healthz", _healthz)
     for path, handler in routes.items():
-        app.router.add_post(path, json_errors(handler))
+        app.router.add_post(path, handler)
     if on_cleanup is not None:
         cleanup = on_cleanup
 
