@@ -46,6 +46,7 @@ import abc
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -467,6 +468,23 @@ def _int(value: bytes | None) -> int:
     return int(value) if value else 0
 
 
+def _history(
+    meta: Sequence[Any], messages: list[StoredMessage], expires_in: float | None = None
+) -> History:
+    """A History from the meta fields ``sum, sumt, sumv, tok, epoch`` of a session that
+    exists (epoch set)."""
+    summary, sumt, sumv, tok, epoch = meta
+    return History(
+        messages=messages,
+        summary=summary.decode() if summary is not None else None,
+        summary_tokens=_int(sumt),
+        summary_version=_int(sumv),
+        tokens=_int(tok),
+        epoch=epoch.decode(),
+        expires_in=expires_in,
+    )
+
+
 def _stored(headers: list[bytes], messages: list[Json]) -> list[StoredMessage]:
     out = []
     for header, message in zip(headers, messages, strict=True):
@@ -501,14 +519,7 @@ class RedisSessionStore(SessionStore):
         if not epoch:
             return History()
         stored = _stored(headers.split(b";"), orjson.loads(messages)) if headers else []
-        return History(
-            messages=_whole_units(stored),
-            summary=summary.decode() if summary is not None else None,
-            summary_tokens=_int(sumt),
-            summary_version=_int(sumv),
-            tokens=_int(tok),
-            epoch=epoch.decode(),
-        )
+        return _history((summary, sumt, sumv, tok, epoch), _whole_units(stored))
 
     async def _read(self, keys: list[SessionKey]) -> list[History]:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -521,21 +532,12 @@ class RedisSessionStore(SessionStore):
             replies = await pipe.execute()
         out = []
         for i in range(0, len(replies), 4):
-            (summary, sumt, sumv, tok, epoch), headers, messages, pttl = replies[i : i + 4]
-            if not epoch:
+            meta, headers, messages, pttl = replies[i : i + 4]
+            if not meta[4]:  # no epoch: no such session
                 out.append(History())
                 continue
-            out.append(
-                History(
-                    messages=_stored(headers, [orjson.loads(m) for m in messages]),
-                    summary=summary.decode() if summary is not None else None,
-                    summary_tokens=_int(sumt),
-                    summary_version=_int(sumv),
-                    tokens=_int(tok),
-                    epoch=epoch.decode(),
-                    expires_in=max(0, pttl) / 1000.0,
-                )
-            )
+            stored = _stored(headers, [orjson.loads(m) for m in messages])
+            out.append(_history(meta, stored, expires_in=max(0, pttl) / 1000.0))
         return out
 
     async def load_all(self, key: SessionKey) -> History:
