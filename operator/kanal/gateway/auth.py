@@ -31,6 +31,12 @@ def _looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and token.startswith("eyJ")
 
 
+def _review_unavailable() -> GatewayError:
+    return GatewayError(
+        503, "cannot verify ServiceAccount tokens right now", code="token_review_unavailable"
+    )
+
+
 class TokenReviewer:
     """Asks the Kubernetes API who a bearer token belongs to."""
 
@@ -79,20 +85,13 @@ class TokenReviewer:
                 timeout=aiohttp.ClientTimeout(total=5),
             ) as response:
                 body = await response.read()
-                if response.status >= 300:
-                    log.error("TokenReview refused: HTTP %d", response.status)
-                    raise GatewayError(
-                        503,
-                        "cannot verify ServiceAccount tokens right now",
-                        code="token_review_unavailable",
-                    )
+                http_status = response.status
         except (aiohttp.ClientError, TimeoutError) as err:
             log.error("TokenReview failed: %s", type(err).__name__)
-            raise GatewayError(
-                503,
-                "cannot verify ServiceAccount tokens right now",
-                code="token_review_unavailable",
-            ) from None
+            raise _review_unavailable() from None
+        if http_status >= 300:
+            log.error("TokenReview refused: HTTP %d", http_status)
+            raise _review_unavailable()
         status = orjson.loads(body).get("status") or {}
         username = (status.get("user") or {}).get("username", "")
         if not status.get("authenticated") or not username.startswith(_SA_PREFIX):
