@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kanal import manifests
+from kanal.aio import run_until_signalled
 from kanal.api import Secret
 from kanal.gateway.server import running_gateway
 from kanal.gateway.service import Gateway
@@ -213,16 +213,6 @@ def run(
     paths: Sequence[str | Path], settings: GatewaySettings, extra_secrets: Sequence[Secret] = ()
 ) -> int:
     """Blocking entry point for the CLI; Ctrl-C stops cleanly."""
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(paths, settings, stop=stop, extra_secrets=extra_secrets)
-
-    try:
-        import uvloop
-    except ImportError:  # uvloop is a dependency, but not on every OS
-        return asyncio.run(main())
-    return uvloop.run(main())
+    return run_until_signalled(
+        lambda stop: serve(paths, settings, stop=stop, extra_secrets=extra_secrets)
+    )

@@ -1,6 +1,7 @@
 """Import direction is enforced, not hoped for: api <- snapshot <- {controller, gateway};
-api <- prompts (the texts sent to models) <- {gateway, kanal_functions}; the function runtime
-(functions/runtime/kanal_functions) uses only api, prompts and the gRPC stubs of kanal."""
+api <- prompts (the texts sent to models) <- {gateway, kanal_functions}; aio (running a
+server's loop) imports nothing of ours; the function runtime (functions/runtime/kanal_functions)
+uses only api, prompts, aio and the gRPC stubs of kanal."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ FORBIDDEN = {
         "aiohttp",
         "grpc",
         "redis",
+    ),
+    "kanal.aio": (
+        "kanal.api",
+        "kanal.snapshot",
+        "kanal.controller",
+        "kanal.gateway",
+        "kanal.prompts",
+        "kanal.cli",
+        "kanal.local",
+        "kanal_functions",
     ),
     "kanal_functions": (
         "kanal.gateway",

@@ -8,13 +8,14 @@ import asyncio
 import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from kanal.aio import run_until_signalled
 
 log = logging.getLogger("kanal.functions")
 Json = dict[str, Any]
@@ -179,14 +180,9 @@ def listen_address(environ: Mapping[str, str]) -> tuple[str, int]:
 
 
 async def serve_app(
-    app: web.Application, host: str, port: int, name: str, stop: asyncio.Event | None = None
+    app: web.Application, host: str, port: int, name: str, stop: asyncio.Event
 ) -> None:
-    """Serves ``app`` until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    """Serves ``app`` until ``stop`` is set."""
     # handler_cancellation: a caller that goes away cancels its gateway call
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -215,13 +211,5 @@ def run(name: str, build: Callable[[Mapping[str, str]], web.Application]) -> int
         print(f"{name}: {err}", file=sys.stderr)
         return 2
 
-    async def main() -> None:
-        await serve_app(app, host, port, name)
-
-    try:
-        import uvloop
-    except ImportError:  # a dependency of kanal, but not on every OS
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    run_until_signalled(lambda stop: serve_app(app, host, port, name, stop))
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from kanal.aio import run_until_signalled
 from kanal.gateway._subscriber_backoff import Backoff
 from kanal.gateway._subscriber_codec import MAX_SNAPSHOT_BYTES, inflate
 from kanal.gateway._subscriber_kube import PersistedSnapshot, SnapshotUnavailable
@@ -380,16 +380,4 @@ async def serve(
 
 def run(settings: GatewaySettings, subscriber_settings: SubscriberSettings) -> int:
     """Blocking entry point for the CLI; SIGTERM and SIGINT stop it cleanly."""
-
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(settings, subscriber_settings, stop=stop)
-
-    try:
-        import uvloop
-    except ImportError:  # uvloop is a dependency, but not on every OS
-        return asyncio.run(main())
-    return uvloop.run(main())
+    return run_until_signalled(lambda stop: serve(settings, subscriber_settings, stop=stop))
