@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from kanal.aio import run_until_signalled
+from kanal.aio import bound_port, run_until_signalled
 
 log = logging.getLogger("kanal.functions")
 Json = dict[str, Any]
@@ -189,9 +189,7 @@ async def serve_app(
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or ()
-        bound = int(sockets[0].getsockname()[1]) if sockets else port
-        log.warning("%s listening on http://%s:%d", name, host, bound)
+        log.warning("%s listening on http://%s:%d", name, host, bound_port(site))
         await stop.wait()
     finally:
         await runner.cleanup()

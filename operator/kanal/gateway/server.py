@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kanal.aio import bound_port
 from kanal.gateway.grpc_service import start_grpc
 from kanal.gateway.http import create_app, create_metrics_app
 from kanal.gateway.runtime import Runtime
@@ -64,12 +65,4 @@ async def _serve(
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    return _bound_port(site)
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the (asyncio or uvloop) server here
-    sockets = getattr(server, "sockets", None)
-    if not sockets:
-        raise RuntimeError("HTTP server has no listening socket")
-    return int(sockets[0].getsockname()[1])
+    return bound_port(site)
