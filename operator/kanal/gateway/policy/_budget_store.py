@@ -40,8 +40,6 @@ from typing import Literal, Protocol
 
 import redis.asyncio as aioredis
 
-NANO = 1_000_000_000
-"""nano-USD per USD."""
 DAY_MS = 86_400_000
 SWEEP_EVERY = 1024
 

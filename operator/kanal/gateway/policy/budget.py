@@ -34,8 +34,8 @@ from typing import Any
 
 from kanal.api.llmroute import Budget
 from kanal.gateway.errors import GatewayError
+from kanal.gateway.money import NANO, usd
 from kanal.gateway.policy._budget_store import (
-    NANO,
     BudgetStore,
     Check,
     MemoryBudgetStore,
@@ -198,12 +198,12 @@ class BudgetPolicy(Policy):
             assert budget is not None
             by_model[route.model] = {
                 "route": route.id,
-                "day": _usd(row.route_day),
-                "month": _usd(row.route_month),
+                "day": usd(row.route_day),
+                "month": usd(row.route_month),
                 "usdPerDay": budget.usd_per_day,
                 "usdPerMonth": budget.usd_per_month,
-                "key": {"day": _usd(row.key_day), "month": _usd(row.key_month)},
-                "namespace": {"day": _usd(row.namespace_day), "month": _usd(row.namespace_month)},
+                "key": {"day": usd(row.key_day), "month": usd(row.key_month)},
+                "namespace": {"day": usd(row.namespace_day), "month": usd(row.namespace_month)},
             }
             key_day += row.key_day
             key_month += row.key_month
@@ -214,18 +214,14 @@ class BudgetPolicy(Policy):
             "currency": "usd",
             "day": day_text(reading.day),
             "month": month_text(reading.month),
-            "key": {"id": caller.id, "day": _usd(key_day), "month": _usd(key_month)},
-            "namespace": {"name": caller.tenant, "day": _usd(ns_day), "month": _usd(ns_month)},
+            "key": {"id": caller.id, "day": usd(key_day), "month": usd(key_month)},
+            "namespace": {"name": caller.tenant, "day": usd(ns_day), "month": usd(ns_month)},
             "routes": by_model,
         }
 
 
 def _nano(usd: float | None) -> int | None:
     return None if usd is None else round(usd * NANO)
-
-
-def _usd(nano: int) -> float:
-    return round(nano / NANO, 9)
 
 
 def _money(nano: int) -> str:

@@ -52,6 +52,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kanal.gateway.money import NANO, usd
 from kanal.gateway.stores import REDIS_ERRORS
 from kanal.gateway.telemetry._record import RequestRecord
 
@@ -63,8 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kanal.gateway.usage")
 
-NANO = 1_000_000_000
-"""Costs are summed in integer nano-USD: exact, no float drift."""
 BATCH = 512
 """Most events written in one pipeline."""
 LINGER = 0.05
@@ -227,10 +226,6 @@ class UsageEvent:
 
 def _clean(value: str) -> str:
     return value.replace(SEP, " ")
-
-
-def usd(nano: int) -> float:
-    return round(nano / NANO, 9)
 
 
 Aggregate = dict[str, int]
