@@ -38,12 +38,7 @@ FUNCTIONS_PATH = "/functions/{namespace}/{route}"
 
 def exposes_function(route: RouteConfig) -> bool:
     prompt = route.prompt
-    return bool(
-        prompt is not None
-        and prompt.expose is not None
-        and prompt.expose.function
-        and prompt.template is not None
-    )
+    return prompt is not None and prompt.published and prompt.template is not None
 
 
 def _loopback(host: str, port: int) -> str:

@@ -170,6 +170,11 @@ class Prompt(KanalModel):
     expose: Expose | None = None
     """Publish the prompt as a function."""
 
+    @property
+    def published(self) -> bool:
+        """``expose.function`` is true: the prompt is served as a function."""
+        return self.expose is not None and bool(self.expose.function)
+
 
 RedactClass = Literal["email", "phone", "credit-card", "ssn", "ip-address", "iban"]
 

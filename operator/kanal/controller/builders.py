@@ -115,9 +115,7 @@ def function_service_name(route_name: str) -> str:
 def function_prompt(route: LlmRoute) -> Prompt | None:
     """The route's prompt if it is published as a function (``prompt.expose.function``)."""
     prompt = route.spec.prompt
-    if prompt is None or prompt.expose is None or not prompt.expose.function:
-        return None
-    return prompt
+    return prompt if prompt is not None and prompt.published else None
 
 
 def _namespace(obj: ModelBackend | LlmRoute) -> str:
